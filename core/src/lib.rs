@@ -1,0 +1,37 @@
+#![doc = include_str!("../README.md")]
+
+mod ack;
+mod capabilities;
+mod client;
+mod error;
+mod ext;
+mod id;
+mod layer;
+pub mod memory;
+mod partitioner;
+mod record;
+mod stream;
+mod url;
+
+pub use ack::AckTracker;
+pub use capabilities::Capabilities;
+pub use client::{
+    Admin, Backend, Consumer, ConsumerConfig, ConsumerMode, Producer, ProducerConfig, validate_group_name,
+};
+#[cfg(feature = "mock")]
+pub use client::{MockAdmin, MockBackend, MockConsumer, MockProducer};
+pub use error::{BoxError, Error, ErrorKind, Result, SendError};
+pub use ext::{ConsumerExt, ProducerExt};
+pub use id::{Offset, PartitionId, Timestamp};
+pub use layer::{Layer, Layered, RetryLayer, RetryPolicy};
+pub use memory::{MemoryBackend, MemoryConfig};
+pub use partitioner::{murmur2, partition_for_key};
+pub use record::{Delivery, Headers, Received, Record, StartFrom};
+pub use stream::{
+    KeyRange, MAX_STREAM_NAME_LEN, PartitionInfo, PartitionState, StreamInfo, StreamSpec, validate_stream_name,
+};
+pub use url::{BackendUrl, query_config, redact_query};
+
+/// Re-exported so backends and applications name the same versions.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;

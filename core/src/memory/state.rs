@@ -1,0 +1,236 @@
+//! The engine's shared state, behind one mutex: every operation is short and never
+//! awaits while holding it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::MemoryConfig;
+use crate::error::{Error, Result};
+use crate::id::Timestamp;
+use crate::record::{Headers, StartFrom};
+
+/// The most partitions a memory stream may have.
+pub(super) const MAX_PARTITIONS: u32 = 10_000;
+
+pub(super) type MemberId = u64;
+
+#[derive(Debug)]
+pub(super) struct Engine {
+    pub config: MemoryConfig,
+    state: Mutex<State>,
+}
+
+impl Engine {
+    pub fn new(config: MemoryConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The state. A panic while holding the lock cannot leave it half-updated in a way
+    /// that matters more than losing the engine, so a poisoned lock is recovered.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub streams: BTreeMap<String, StreamState>,
+    /// Keyed by (group, stream).
+    pub groups: HashMap<(String, String), GroupState>,
+    next_incarnation: u64,
+    next_member: MemberId,
+}
+
+impl State {
+    pub fn stream(&self, name: &str) -> Result<&StreamState> {
+        self.streams
+            .get(name)
+            .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))
+    }
+
+    pub fn stream_mut(&mut self, name: &str) -> Result<&mut StreamState> {
+        self.streams
+            .get_mut(name)
+            .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))
+    }
+
+    pub fn create_stream(&mut self, name: &str, partitions: u32, retention: Option<Duration>) -> Result<()> {
+        if self.streams.contains_key(name) {
+            return Err(Error::new(
+                crate::ErrorKind::AlreadyExists,
+                format!("stream {name:?} already exists"),
+            ));
+        }
+        self.next_incarnation += 1;
+        let now = Instant::now();
+        self.streams.insert(
+            name.to_string(),
+            StreamState {
+                name: name.into(),
+                incarnation: self.next_incarnation,
+                partitions: (0..partitions).map(|_| PartitionLog::new(now)).collect(),
+                retention,
+                notify: Arc::new(Notify::new()),
+                next_unkeyed: 0,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn delete_stream(&mut self, name: &str) -> Result<()> {
+        let stream = self
+            .streams
+            .remove(name)
+            .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))?;
+        self.groups.retain(|(_, s), _| s != name);
+        // Readers waiting on it learn that it is gone.
+        stream.notify.notify_waiters();
+        Ok(())
+    }
+
+    pub fn new_member(&mut self) -> MemberId {
+        self.next_member += 1;
+        self.next_member
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct StreamState {
+    pub name: Arc<str>,
+    /// Tells a re-created stream of the same name from the one a consumer started on.
+    pub incarnation: u64,
+    pub partitions: Vec<PartitionLog>,
+    pub retention: Option<Duration>,
+    /// Woken on every append and group change of this stream.
+    pub notify: Arc<Notify>,
+    /// Where the next unkeyed batch goes (round robin over batches).
+    pub next_unkeyed: u32,
+}
+
+impl StreamState {
+    pub fn add_partitions(&mut self, more: u32) {
+        let now = Instant::now();
+        self.partitions.extend((0..more).map(|_| PartitionLog::new(now)));
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        // Bounded by MAX_PARTITIONS at creation and growth.
+        u32::try_from(self.partitions.len()).unwrap_or(u32::MAX)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct StoredRecord {
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Headers,
+    pub timestamp: Timestamp,
+}
+
+#[derive(Debug)]
+pub(super) struct PartitionLog {
+    pub records: Vec<StoredRecord>,
+    /// When the partition was created: partitions added after a consumer started are
+    /// read from their start, whatever the consumer's start position.
+    pub created: Instant,
+}
+
+impl PartitionLog {
+    fn new(created: Instant) -> Self {
+        Self {
+            records: Vec::new(),
+            created,
+        }
+    }
+
+    /// The offset the next record gets.
+    pub fn high(&self) -> u64 {
+        self.records.len() as u64
+    }
+
+    /// The cursor (next offset to read) that `start` means in this partition.
+    pub fn resolve(&self, start: &StartFrom) -> u64 {
+        match start {
+            StartFrom::Earliest => 0,
+            StartFrom::Latest => self.high(),
+            StartFrom::At(o) => o.as_u64().unwrap_or(u64::MAX),
+            StartFrom::After(o) => o.as_u64().map_or(u64::MAX, |n| n.saturating_add(1)),
+            StartFrom::Timestamp(t) => self
+                .records
+                .iter()
+                .position(|r| r.timestamp >= *t)
+                .map_or(self.high(), |i| i as u64),
+        }
+    }
+
+    pub fn get(&self, offset: u64) -> Option<&StoredRecord> {
+        usize::try_from(offset).ok().and_then(|i| self.records.get(i))
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct GroupState {
+    pub members: BTreeMap<MemberId, Instant>,
+    /// Which member holds each partition now. A partition moves only after its holder
+    /// released it (committing what it had acknowledged) or was evicted.
+    pub owners: BTreeMap<u32, MemberId>,
+    /// Next offset to read per partition.
+    pub committed: BTreeMap<u32, u64>,
+}
+
+impl GroupState {
+    /// The partitions `member` should hold: partition `p` goes to the `p mod n`-th
+    /// member in id order, so counts differ by at most one.
+    pub fn target(&self, member: MemberId, partitions: u32) -> BTreeSet<u32> {
+        let Some(rank) = self.members.keys().position(|m| *m == member) else {
+            return BTreeSet::new();
+        };
+        let n = self.members.len();
+        (0..partitions).filter(|p| (*p as usize) % n == rank).collect()
+    }
+
+    /// Removes members that have not been seen within `timeout` (other than `keep`),
+    /// freeing their partitions without committing for them.
+    pub fn evict_stale(&mut self, now: Instant, timeout: Duration, keep: MemberId) -> bool {
+        let stale: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|(m, seen)| **m != keep && now.duration_since(**seen) > timeout)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in &stale {
+            self.remove_member(*m);
+        }
+        !stale.is_empty()
+    }
+
+    pub fn remove_member(&mut self, member: MemberId) {
+        self.members.remove(&member);
+        self.owners.retain(|_, owner| *owner != member);
+    }
+
+    /// Raises the committed position of `partition` to `next`; never lowers it.
+    pub fn commit(&mut self, partition: u32, next: u64) {
+        let slot = self.committed.entry(partition).or_insert(0);
+        *slot = (*slot).max(next);
+    }
+
+    /// The earliest time a member other than `member` holding one of `wanted` could be
+    /// evicted, so a waiting member knows when to look again.
+    pub fn next_eviction(&self, member: MemberId, wanted: &BTreeSet<u32>, timeout: Duration) -> Option<Instant> {
+        wanted
+            .iter()
+            .filter_map(|p| self.owners.get(p))
+            .filter(|owner| **owner != member)
+            .filter_map(|owner| self.members.get(owner))
+            .map(|seen| *seen + timeout)
+            .min()
+    }
+}
