@@ -1,1 +1,98 @@
-//! conformance (in progress)
+#![doc = include_str!("../README.md")]
+
+mod harness;
+pub mod scenarios;
+mod support;
+
+pub use harness::{Harness, MemoryHarness, Outcome, Timing, run_scenario};
+pub use support::{Ctx, Members, drain, drain_quiet};
+
+/// Calls `$callback!(($($args)*) scenario, scenario, ...)` with every scenario name:
+/// the single list the suite and [`SCENARIOS`] are made from.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __for_each_scenario {
+    ($callback:ident ! ($($args:tt)*)) => {
+        $crate::$callback! {
+            ($($args)*)
+            send_and_receive_roundtrip,
+            binary_and_empty_payloads,
+            json_values_roundtrip,
+            headers_roundtrip_with_odd_unicode,
+            timestamps_are_kept,
+            batch_deliveries_match_reads,
+            same_key_same_partition_in_order,
+            explicit_partition_is_honoured,
+            broadcast_readers_each_see_everything,
+            groups_each_see_everything,
+            group_members_split_partitions,
+            member_joining_takes_partitions_nothing_lost,
+            revoked_partitions_commit_acknowledged_records,
+            member_leaving_hands_over_partitions,
+            dropped_member_uncommitted_records_redelivered,
+            checkpoint_capture_resumes_at_first_unacked,
+            committed_position_never_moves_backwards,
+            resume_after_close_between_batches,
+            concurrent_close_of_many_consumers,
+            producer_close_keeps_acknowledged_records,
+            streams_are_isolated,
+            start_earliest_and_latest,
+            start_at_and_after_offset,
+            start_from_timestamp,
+            seek_rewinds_and_skips,
+            poll_timeout_returns_empty,
+            poll_is_cancel_safe,
+            into_stream_yields_records,
+            missing_stream_is_not_found,
+            use_after_close_is_closed,
+            create_twice_is_already_exists,
+            describe_reports_partitions,
+            delete_removes_stream_and_records,
+            partition_count_change_is_picked_up,
+            oversize_record_is_invalid_input,
+            ack_and_commit_of_unassigned_partition_refused,
+            per_key_order_with_several_members,
+            invalid_names_are_rejected,
+            broadcast_consumer_cannot_commit,
+            reopen_keeps_records_and_commits,
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __suite_tests {
+    (($harness:expr) $($name:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::run_scenario(stringify!($name), || $harness, $crate::scenarios::$name);
+            }
+        )*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __scenario_names {
+    (() $($name:ident,)*) => {
+        /// The name of every scenario, in suite order.
+        pub const SCENARIOS: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+/// Expands to one `#[test]` per scenario, each running against a fresh
+/// [`Harness`] made by evaluating `$harness`.
+///
+/// ```ignore
+/// // backend-foo/tests/conformance.rs
+/// tributary_conformance::suite!(foo::FooHarness::from_env());
+/// ```
+#[macro_export]
+macro_rules! suite {
+    ($harness:expr) => {
+        $crate::__for_each_scenario!(__suite_tests!($harness));
+    };
+}
+
+__for_each_scenario!(__scenario_names!());

@@ -157,7 +157,11 @@ mod tests {
         t.ack(&p(0), &o(1)).unwrap();
         assert_eq!(t.committable(&p(0)), Some(&o(1)));
         t.ack(&p(0), &o(2)).unwrap();
-        assert_eq!(t.committable(&p(0)), Some(&o(3)), "2 filled the gap up to the acked 3");
+        assert_eq!(
+            t.committable(&p(0)),
+            Some(&o(3)),
+            "2 filled the gap up to the acked 3"
+        );
         t.committed(&p(0), o(3));
         assert_eq!(t.committable(&p(0)), None);
         assert!(t.has_unacked(&p(0)));
@@ -169,12 +173,14 @@ mod tests {
     #[test]
     fn non_contiguous_offsets_like_kinesis() {
         let mut t = AckTracker::new();
-        let seq: Vec<Offset> = ["49590338271490256608559692538361571095921575989136588898",
+        let seq: Vec<Offset> = [
+            "49590338271490256608559692538361571095921575989136588898",
             "49590338271490256608559692540925702759324208523137515618",
-            "49590338271490256608559692540925702759324208523137515700"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+            "49590338271490256608559692540925702759324208523137515700",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         for s in &seq {
             t.delivered(&p(1), s.clone());
         }

@@ -249,8 +249,16 @@ mod tests {
     fn retryable_follows_kind_unless_overridden() {
         assert!(Error::new(ErrorKind::Throttled, "slow down").is_retryable());
         assert!(!Error::new(ErrorKind::Indeterminate, "maybe").is_retryable());
-        assert!(!Error::new(ErrorKind::Throttled, "x").with_retryable(false).is_retryable());
-        assert!(Error::new(ErrorKind::Backend, "x").with_retryable(true).is_retryable());
+        assert!(
+            !Error::new(ErrorKind::Throttled, "x")
+                .with_retryable(false)
+                .is_retryable()
+        );
+        assert!(
+            Error::new(ErrorKind::Backend, "x")
+                .with_retryable(true)
+                .is_retryable()
+        );
     }
 
     #[test]

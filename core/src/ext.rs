@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use futures::Stream;
 use serde::Serialize;
 
+use crate::Capabilities;
 use crate::client::{Admin, Backend, Consumer, ConsumerConfig, Producer, ProducerConfig};
 use crate::error::{Error, ErrorKind, Result, SendError};
 use crate::id::{Offset, PartitionId};
 use crate::record::{Delivery, Received, Record, StartFrom};
 use crate::stream::{StreamInfo, StreamSpec};
-use crate::Capabilities;
 
 /// Conveniences for every [`Producer`].
 #[async_trait]
@@ -25,9 +25,12 @@ pub trait ProducerExt: Producer {
     /// As [`Producer::send`], without the unsent record. Not cancel safe.
     async fn send_one(&self, stream: &str, record: Record) -> Result<Delivery> {
         let mut deliveries = self.send(stream, vec![record]).await.map_err(Error::from)?;
-        deliveries
-            .pop()
-            .ok_or_else(|| Error::new(ErrorKind::Backend, "the backend confirmed a send without a delivery"))
+        deliveries.pop().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Backend,
+                "the backend confirmed a send without a delivery",
+            )
+        })
     }
 
     /// Sends `value` as JSON, with an optional key.

@@ -238,12 +238,18 @@ impl Timestamp {
 
     /// The timestamp `d` later, saturating.
     pub fn saturating_add(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// The timestamp `d` earlier, saturating.
     pub fn saturating_sub(self, d: Duration) -> Self {
-        Self(self.0.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 }
 
@@ -274,9 +280,15 @@ mod tests {
 
     #[test]
     fn offsets_order_numerically_across_representations() {
-        let big: Offset = "49590338271490256608559692538361571095921575989136588898".parse().unwrap();
-        let bigger: Offset = "49590338271490256608559692538361571095921575989136588899".parse().unwrap();
-        let longer: Offset = "100000000000000000000000000000000000000000000000000000000".parse().unwrap();
+        let big: Offset = "49590338271490256608559692538361571095921575989136588898"
+            .parse()
+            .unwrap();
+        let bigger: Offset = "49590338271490256608559692538361571095921575989136588899"
+            .parse()
+            .unwrap();
+        let longer: Offset = "100000000000000000000000000000000000000000000000000000000"
+            .parse()
+            .unwrap();
         let max = Offset::new(u64::MAX);
         assert!(Offset::new(9) < Offset::new(10));
         assert!(max < big && big < bigger && bigger < longer);
@@ -311,7 +323,10 @@ mod tests {
             .collect();
         ids.sort();
         let text: Vec<&str> = ids.iter().map(PartitionId::as_str).collect();
-        assert_eq!(text, ["0", "2", "10", "shardId-000000000000", "shardId-000000000001"]);
+        assert_eq!(
+            text,
+            ["0", "2", "10", "shardId-000000000000", "shardId-000000000001"]
+        );
         assert_eq!(PartitionId::from_index(7).index(), Some(7));
         assert_eq!(PartitionId::new("shardId-1").index(), None);
         assert_eq!(PartitionId::new("007").index(), None);

@@ -150,11 +150,17 @@ impl Producer for RetryProducer {
                     }
                     return results
                         .into_iter()
-                        .map(|d| d.ok_or_else(|| Error::new(crate::ErrorKind::Backend, "a delivery is missing")))
+                        .map(|d| {
+                            d.ok_or_else(|| Error::new(crate::ErrorKind::Backend, "a delivery is missing"))
+                        })
                         .collect::<Result<Vec<_>>>()
                         .map_err(|e| SendError::nothing_sent(e, Vec::new()));
                 }
-                Err(SendError { error, delivered, unsent }) => {
+                Err(SendError {
+                    error,
+                    delivered,
+                    unsent,
+                }) => {
                     let mut confirmed = vec![false; positions.len()];
                     for (i, d) in delivered {
                         if let Some(pos) = positions.get(i) {
@@ -167,13 +173,20 @@ impl Producer for RetryProducer {
                         .zip(confirmed)
                         .filter_map(|(pos, done)| (!done).then_some(pos))
                         .collect();
-                    if !error.is_retryable() || attempt >= self.policy.max_attempts.max(1) || unsent.is_empty() {
+                    if !error.is_retryable()
+                        || attempt >= self.policy.max_attempts.max(1)
+                        || unsent.is_empty()
+                    {
                         let delivered = results
                             .into_iter()
                             .enumerate()
                             .filter_map(|(i, d)| d.map(|d| (i, d)))
                             .collect();
-                        return Err(SendError { error, delivered, unsent });
+                        return Err(SendError {
+                            error,
+                            delivered,
+                            unsent,
+                        });
                     }
                     tracing::debug!(stream, attempt, unsent = unsent.len(), error = %error, "retrying send");
                     tokio::time::sleep(self.policy.backoff(attempt - 1)).await;
@@ -259,15 +272,30 @@ mod tests {
     #[async_trait]
     impl Producer for Scripted {
         async fn send(&self, _: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
-            let values: Vec<String> = records.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect();
+            let values: Vec<String> = records
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+                .collect();
             self.seen.lock().unwrap().push(values.clone());
-            let (accept, kind) = self.attempts.lock().unwrap().pop_front().unwrap_or((vec![], ErrorKind::Backend));
+            let (accept, kind) = self
+                .attempts
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or((vec![], ErrorKind::Backend));
             let mut delivered = Vec::new();
             let mut unsent = Vec::new();
             for (i, r) in records.into_iter().enumerate() {
                 if accept.contains(&values[i].as_str()) {
                     let offset = Offset::new(values[i].as_bytes()[0].into());
-                    delivered.push((i, Delivery { partition: PartitionId::from_index(0), offset, timestamp: None }));
+                    delivered.push((
+                        i,
+                        Delivery {
+                            partition: PartitionId::from_index(0),
+                            offset,
+                            timestamp: None,
+                        },
+                    ));
                 } else {
                     unsent.push(r);
                 }
@@ -275,7 +303,11 @@ mod tests {
             if unsent.is_empty() {
                 return Ok(delivered.into_iter().map(|(_, d)| d).collect());
             }
-            Err(SendError { error: Error::new(kind, "scripted"), delivered, unsent })
+            Err(SendError {
+                error: Error::new(kind, "scripted"),
+                delivered,
+                unsent,
+            })
         }
         async fn flush(&self) -> Result<()> {
             Ok(())
@@ -286,9 +318,19 @@ mod tests {
     }
 
     fn layered(script: Vec<(Vec<&'static str>, ErrorKind)>) -> (Box<dyn Producer>, Arc<Scripted>) {
-        let scripted = Arc::new(Scripted { attempts: Mutex::new(script.into()), seen: Mutex::default() });
-        let policy = RetryPolicy { max_attempts: 4, initial_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(2) };
-        (RetryLayer::new(policy).wrap_producer(Box::new(scripted.clone())), scripted)
+        let scripted = Arc::new(Scripted {
+            attempts: Mutex::new(script.into()),
+            seen: Mutex::default(),
+        });
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        };
+        (
+            RetryLayer::new(policy).wrap_producer(Box::new(scripted.clone())),
+            scripted,
+        )
     }
 
     fn batch(values: &[&'static str]) -> Vec<Record> {
@@ -319,7 +361,11 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Indeterminate);
         assert_eq!(err.delivered.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1]);
         assert_eq!(err.unsent, batch(&["a", "c"]));
-        assert_eq!(scripted.seen.lock().unwrap().len(), 2, "indeterminate is not retried");
+        assert_eq!(
+            scripted.seen.lock().unwrap().len(),
+            2,
+            "indeterminate is not retried"
+        );
     }
 
     #[tokio::test]
@@ -333,7 +379,11 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_and_jittered() {
-        let policy = RetryPolicy { max_attempts: 5, initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_millis(800) };
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(800),
+        };
         for retry in 0..40 {
             let ceiling = Duration::from_millis(100 * (1u64 << retry.min(3)));
             assert!(policy.backoff(retry) <= ceiling.min(Duration::from_millis(800)));

@@ -28,7 +28,8 @@ pub use memory::{MemoryBackend, MemoryConfig};
 pub use partitioner::{murmur2, partition_for_key};
 pub use record::{Delivery, Headers, Received, Record, StartFrom};
 pub use stream::{
-    KeyRange, MAX_STREAM_NAME_LEN, PartitionInfo, PartitionState, StreamInfo, StreamSpec, validate_stream_name,
+    KeyRange, MAX_STREAM_NAME_LEN, PartitionInfo, PartitionState, StreamInfo, StreamSpec,
+    validate_stream_name,
 };
 pub use url::{BackendUrl, query_config, redact_query};
 

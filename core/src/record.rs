@@ -101,8 +101,9 @@ impl Record {
     /// # Errors
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when `value` cannot be serialized.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| Error::invalid_input(format!("cannot encode the record as JSON: {e}")).with_source(e))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            Error::invalid_input(format!("cannot encode the record as JSON: {e}")).with_source(e)
+        })?;
         Ok(Self::new(bytes))
     }
 

@@ -20,7 +20,10 @@ pub fn validate_stream_name(name: &str) -> Result<()> {
     let problem = if name.is_empty() {
         Some("it is empty".to_string())
     } else if name.len() > MAX_STREAM_NAME_LEN {
-        Some(format!("it is {} characters long, the limit is {MAX_STREAM_NAME_LEN}", name.len()))
+        Some(format!(
+            "it is {} characters long, the limit is {MAX_STREAM_NAME_LEN}",
+            name.len()
+        ))
     } else if name == "." || name == ".." {
         Some("`.` and `..` are reserved".to_string())
     } else {
@@ -30,7 +33,9 @@ pub fn validate_stream_name(name: &str) -> Result<()> {
     };
     match problem {
         None => Ok(()),
-        Some(why) => Err(Error::invalid_input(format!("invalid stream name {name:?}: {why}"))),
+        Some(why) => Err(Error::invalid_input(format!(
+            "invalid stream name {name:?}: {why}"
+        ))),
     }
 }
 

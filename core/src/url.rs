@@ -31,7 +31,9 @@ impl BackendUrl {
             )));
         };
         let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if !scheme_ok {
             return Err(Error::invalid_config(format!(
                 "{scheme:?} is not a valid URL scheme (expected memory, native, kafka or kinesis)"
@@ -78,7 +80,10 @@ impl BackendUrl {
 /// `InvalidConfig` naming the scheme and the bad or unknown key.
 pub fn query_config<T: DeserializeOwned>(scheme: &str, query: &str) -> Result<T> {
     serde_urlencoded::from_str(query).map_err(|e| {
-        let why = e.to_string().replace("unknown field", "unknown key").replace("missing field", "missing key");
+        let why = e
+            .to_string()
+            .replace("unknown field", "unknown key")
+            .replace("missing field", "missing key");
         Error::invalid_config(format!("invalid option in the {scheme}:// URL: {why}")).with_source(e)
     })
 }
@@ -143,14 +148,27 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidConfig);
         let msg = err.to_string();
         assert!(msg.contains("unknown key `partitons`"), "{msg}");
-        assert!(msg.contains("`partitions`") && msg.contains("`fast`") && msg.contains("`wait`"), "{msg}");
+        assert!(
+            msg.contains("`partitions`") && msg.contains("`fast`") && msg.contains("`wait`"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn bad_values_and_malformed_urls() {
         let u = BackendUrl::parse("memory://?partitions=four").unwrap();
-        assert_eq!(u.query_config::<Demo>().unwrap_err().kind(), ErrorKind::InvalidConfig);
-        for bad in ["memory", "://x", "1abc://x", "memory://x#frag", "mem ory://", "native:///%FF"] {
+        assert_eq!(
+            u.query_config::<Demo>().unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+        for bad in [
+            "memory",
+            "://x",
+            "1abc://x",
+            "memory://x#frag",
+            "mem ory://",
+            "native:///%FF",
+        ] {
             let err = BackendUrl::parse(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{bad}");
         }

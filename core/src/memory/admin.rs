@@ -41,7 +41,9 @@ impl Admin for MemoryAdmin {
                 spec.name
             )));
         }
-        self.engine.lock().create_stream(&spec.name, partitions, spec.retention)
+        self.engine
+            .lock()
+            .create_stream(&spec.name, partitions, spec.retention)
     }
 
     async fn delete_stream(&self, name: &str) -> Result<()> {

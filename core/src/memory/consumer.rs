@@ -50,7 +50,11 @@ impl MemoryConsumer {
             let incarnation = state.stream(&config.stream)?.incarnation;
             let member = member.map(|group| {
                 let id = state.new_member();
-                let members = &mut state.groups.entry((group.clone(), config.stream.clone())).or_default().members;
+                let members = &mut state
+                    .groups
+                    .entry((group.clone(), config.stream.clone()))
+                    .or_default()
+                    .members;
                 members.insert(id, Instant::now());
                 Member { group, id }
             });
@@ -121,7 +125,9 @@ impl MemoryConsumer {
             return Ok(None);
         };
         let (group_name, me) = (member.group.clone(), member.id);
-        let initial: BTreeMap<u32, u64> = (0..partitions).map(|p| (p, self.initial_cursor(stream, p))).collect();
+        let initial: BTreeMap<u32, u64> = (0..partitions)
+            .map(|p| (p, self.initial_cursor(stream, p)))
+            .collect();
         let timeout = self.engine.config.session_timeout;
         let now = Instant::now();
         let group = state.groups.entry((group_name, self.stream.clone())).or_default();
@@ -153,7 +159,10 @@ impl MemoryConsumer {
             self.acks.assign(&PartitionId::from_index(p));
             changed = true;
         }
-        let wanted: BTreeSet<u32> = target.into_iter().filter(|p| !self.cursors.contains_key(p)).collect();
+        let wanted: BTreeSet<u32> = target
+            .into_iter()
+            .filter(|p| !self.cursors.contains_key(p))
+            .collect();
         let look_again = group.next_eviction(me, &wanted, timeout);
         if changed {
             notify.notify_waiters();
@@ -196,7 +205,9 @@ impl MemoryConsumer {
         self.rotation = assigned[first].wrapping_add(1);
         for &p in assigned[first..].iter().chain(&assigned[..first]) {
             let log = &stream.partitions[p as usize];
-            let Some(cursor) = self.cursors.get_mut(&p) else { continue };
+            let Some(cursor) = self.cursors.get_mut(&p) else {
+                continue;
+            };
             let partition = PartitionId::from_index(p);
             while out.len() < max {
                 let Some(record) = log.get(*cursor) else { break };
@@ -234,7 +245,9 @@ impl MemoryConsumer {
         let group = state.groups.entry(key).or_default();
         let mut refused = Vec::new();
         for (partition, last) in self.acks.all_committable() {
-            let (Some(p), Some(n)) = (partition.index(), last.as_u64()) else { continue };
+            let (Some(p), Some(n)) = (partition.index(), last.as_u64()) else {
+                continue;
+            };
             if group.owners.get(&p) == Some(&me) {
                 group.commit(p, n + 1);
                 self.acks.committed(&partition, last);
@@ -252,7 +265,11 @@ impl MemoryConsumer {
                 ErrorKind::NotAssigned,
                 format!(
                     "not committed: partition(s) {} are no longer assigned to this consumer",
-                    refused.iter().map(PartitionId::as_str).collect::<Vec<_>>().join(", ")
+                    refused
+                        .iter()
+                        .map(PartitionId::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ))
         }
@@ -335,12 +352,15 @@ impl Consumer for MemoryConsumer {
         let engine = self.engine.clone();
         let state = engine.lock();
         let stream = self.stream(&state)?;
-        let p = partition.index().filter(|p| self.cursors.contains_key(p)).ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotAssigned,
-                format!("cannot seek partition {partition}: it is not assigned to this consumer"),
-            )
-        })?;
+        let p = partition
+            .index()
+            .filter(|p| self.cursors.contains_key(p))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotAssigned,
+                    format!("cannot seek partition {partition}: it is not assigned to this consumer"),
+                )
+            })?;
         let cursor = stream.partitions[p as usize].resolve(&to);
         self.cursors.insert(p, cursor);
         if self.member.is_some() {

@@ -60,7 +60,10 @@ impl MemoryConfig {
     /// unknown key (the message lists the valid keys).
     pub fn from_url(url: &BackendUrl) -> Result<Self> {
         if url.scheme != Self::SCHEME {
-            return Err(Error::invalid_config(format!("expected a memory:// URL, got {}://", url.scheme)));
+            return Err(Error::invalid_config(format!(
+                "expected a memory:// URL, got {}://",
+                url.scheme
+            )));
         }
         if !url.target.is_empty() {
             return Err(Error::invalid_config(format!(
@@ -86,10 +89,14 @@ impl MemoryConfig {
             )));
         }
         if self.max_record_bytes == 0 {
-            return Err(Error::invalid_config("memory:// max_record_bytes must be at least 1"));
+            return Err(Error::invalid_config(
+                "memory:// max_record_bytes must be at least 1",
+            ));
         }
         if self.session_timeout.is_zero() {
-            return Err(Error::invalid_config("memory:// session_timeout must be above zero"));
+            return Err(Error::invalid_config(
+                "memory:// session_timeout must be above zero",
+            ));
         }
         Ok(())
     }
@@ -141,7 +148,10 @@ impl Backend for MemoryBackend {
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {
-        Ok(Box::new(consumer::MemoryConsumer::new(self.engine.clone(), config)?))
+        Ok(Box::new(consumer::MemoryConsumer::new(
+            self.engine.clone(),
+            config,
+        )?))
     }
 
     async fn admin(&self) -> Result<Box<dyn Admin>> {

@@ -37,7 +37,7 @@ impl MemoryProducer {
                 )));
             }
             if let Some(p) = &record.partition {
-                if !p.index().is_some_and(|p| p < partitions) {
+                if p.index().is_none_or(|p| p >= partitions) {
                     return Err(Error::invalid_input(format!(
                         "record {i} targets partition {p}, but the stream has partitions 0 to {}",
                         partitions.saturating_sub(1)

@@ -224,7 +224,12 @@ impl GroupState {
 
     /// The earliest time a member other than `member` holding one of `wanted` could be
     /// evicted, so a waiting member knows when to look again.
-    pub fn next_eviction(&self, member: MemberId, wanted: &BTreeSet<u32>, timeout: Duration) -> Option<Instant> {
+    pub fn next_eviction(
+        &self,
+        member: MemberId,
+        wanted: &BTreeSet<u32>,
+        timeout: Duration,
+    ) -> Option<Instant> {
         wanted
             .iter()
             .filter_map(|p| self.owners.get(p))

@@ -1,0 +1,319 @@
+//! Helpers the scenarios share: fresh names, handles, draining, several members.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tributary_core::{
+    Admin, Backend, Capabilities, Consumer, ConsumerConfig, ConsumerExt, Delivery, PartitionId, Producer,
+    ProducerConfig, Received, Record, Result, StartFrom, StreamSpec,
+};
+
+use crate::harness::{Harness, Outcome, Timing};
+
+/// What a scenario works with.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The backend under test.
+    pub backend: Arc<dyn Backend>,
+    /// Its capabilities.
+    pub caps: Capabilities,
+    /// How long it may take.
+    pub timing: Timing,
+    harness: Arc<dyn Harness>,
+    scenario: &'static str,
+    run: String,
+    counter: Arc<AtomicU32>,
+}
+
+impl Ctx {
+    pub(crate) fn new(scenario: &'static str, backend: Arc<dyn Backend>, harness: Arc<dyn Harness>) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        Self {
+            caps: backend.capabilities(),
+            timing: harness.timing(),
+            backend,
+            harness,
+            scenario,
+            run: format!("{:x}{:04x}", nanos & 0xffff_ffff_ffff, fastrand::u16(..)),
+            counter: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// A name no other run or scenario uses (valid as a stream and a group name, at
+    /// most 100 characters).
+    pub fn fresh_name(&self, tag: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let short: String = self.scenario.chars().take(48).collect();
+        format!("t-{short}-{tag}-{}-{n}", self.run)
+    }
+
+    /// A skip with its reason.
+    pub fn skip(&self, why: impl Into<String>) -> Result<Outcome> {
+        Ok(Outcome::Skipped(why.into()))
+    }
+
+    /// An admin handle.
+    pub async fn admin(&self) -> Result<Box<dyn Admin>> {
+        self.backend.admin().await
+    }
+
+    /// A producer.
+    pub async fn producer(&self) -> Result<Box<dyn Producer>> {
+        self.backend.producer(ProducerConfig::default()).await
+    }
+
+    /// Creates a stream with a fresh name and `partitions` partitions.
+    pub async fn stream(&self, partitions: u32) -> Result<String> {
+        let name = self.fresh_name("s");
+        self.admin()
+            .await?
+            .create_stream(&StreamSpec::new(&name).with_partitions(partitions))
+            .await?;
+        Ok(name)
+    }
+
+    /// A broadcast reader of `stream` from `start`.
+    pub async fn broadcast(&self, stream: &str, start: StartFrom) -> Result<Box<dyn Consumer>> {
+        self.backend
+            .consumer(ConsumerConfig::broadcast(stream).start_from(start))
+            .await
+    }
+
+    /// A member of `group` reading `stream` from the earliest record.
+    pub async fn member(&self, stream: &str, group: &str) -> Result<Box<dyn Consumer>> {
+        self.backend.consumer(ConsumerConfig::group(stream, group)).await
+    }
+
+    /// Sends `records` and checks a delivery came back for each.
+    pub async fn send(
+        &self,
+        producer: &dyn Producer,
+        stream: &str,
+        records: Vec<Record>,
+    ) -> Result<Vec<Delivery>> {
+        let n = records.len();
+        let deliveries = producer.send(stream, records).await?;
+        assert_eq!(deliveries.len(), n, "one delivery per record sent");
+        Ok(deliveries)
+    }
+
+    /// Sends one record per value, keyed by `key`, in one batch.
+    pub async fn send_values(
+        &self,
+        stream: &str,
+        key: Option<&str>,
+        values: &[String],
+    ) -> Result<Vec<Delivery>> {
+        let producer = self.producer().await?;
+        let records = values
+            .iter()
+            .map(|v| {
+                let r = Record::new(v.clone().into_bytes());
+                match key {
+                    Some(k) => r.with_key(k.to_owned()),
+                    None => r,
+                }
+            })
+            .collect();
+        let deliveries = self.send(&*producer, stream, records).await?;
+        producer.close().await?;
+        Ok(deliveries)
+    }
+
+    /// Reopens the backend (durable engines) and returns the new one.
+    pub async fn reopen(&self) -> Result<Option<Arc<dyn Backend>>> {
+        self.harness.reopen(self.backend.clone()).await
+    }
+}
+
+/// `values` as `"{prefix}-{i}"` for `i` in `0..n`.
+pub fn values(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// The values of `records` as text.
+pub fn texts(records: &[Received]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect()
+}
+
+/// Polls until `n` records arrived or `within` passed; returns what arrived.
+///
+/// # Errors
+/// A failed poll.
+pub async fn drain(consumer: &mut dyn Consumer, n: usize, within: Duration) -> Result<Vec<Received>> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        out.extend(
+            consumer
+                .poll(n - out.len(), left.min(Duration::from_secs(1)))
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Polls until a poll of `quiet` returns nothing; returns everything received.
+///
+/// # Errors
+/// A failed poll.
+pub async fn drain_quiet(consumer: &mut dyn Consumer, quiet: Duration) -> Result<Vec<Received>> {
+    let mut out = Vec::new();
+    loop {
+        let batch = consumer.poll(1000, quiet).await?;
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        out.extend(batch);
+    }
+}
+
+/// Several members of one group polled in turn from one task, each acknowledging and
+/// committing what it receives (so handoffs cause no redelivery).
+pub struct Members {
+    /// The members, in join order.
+    pub consumers: Vec<Box<dyn Consumer>>,
+    /// What each member received, in order.
+    pub received: Vec<Vec<Received>>,
+    poll: Duration,
+    commit: bool,
+}
+
+impl Members {
+    /// No members yet; each poll waits up to `poll`.
+    pub fn new(poll: Duration) -> Self {
+        Self {
+            consumers: Vec::new(),
+            received: Vec::new(),
+            poll,
+            commit: true,
+        }
+    }
+
+    /// Members that acknowledge what they receive but never commit explicitly (only
+    /// revocation and close commit).
+    pub fn without_commits(poll: Duration) -> Self {
+        Self {
+            commit: false,
+            ..Self::new(poll)
+        }
+    }
+
+    /// Adds a member.
+    pub fn join(&mut self, consumer: Box<dyn Consumer>) {
+        self.consumers.push(consumer);
+        self.received.push(Vec::new());
+    }
+
+    /// Closes member `i` and removes it; returns what it had received.
+    ///
+    /// # Errors
+    /// The close's error.
+    pub async fn close(&mut self, i: usize) -> Result<Vec<Received>> {
+        let mut c = self.consumers.remove(i);
+        c.close().await?;
+        Ok(self.received.remove(i))
+    }
+
+    /// One poll of every member, acknowledging and (unless made
+    /// [`without_commits`](Self::without_commits)) committing what arrived.
+    ///
+    /// # Errors
+    /// A failed poll, ack or commit.
+    pub async fn round(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for (consumer, received) in self.consumers.iter_mut().zip(&mut self.received) {
+            let batch = consumer.poll(1000, self.poll).await?;
+            if !batch.is_empty() {
+                consumer.ack_all(&batch)?;
+                if self.commit {
+                    consumer.commit().await?;
+                }
+                n += batch.len();
+                received.extend(batch);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether the members' assignments are disjoint, cover `partitions`, and differ
+    /// in size by at most one.
+    pub fn balanced(&self, partitions: &BTreeSet<PartitionId>) -> bool {
+        let mut seen = BTreeSet::new();
+        let mut sizes = Vec::new();
+        for c in &self.consumers {
+            let a = c.assignment();
+            sizes.push(a.len());
+            for p in a {
+                if !seen.insert(p) {
+                    return false;
+                }
+            }
+        }
+        let spread = sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0);
+        &seen == partitions && spread <= 1
+    }
+
+    /// Polls rounds until [`balanced`](Self::balanced) or `within` passed; returns
+    /// whether it balanced.
+    ///
+    /// # Errors
+    /// A failed round.
+    pub async fn settle(&mut self, partitions: &BTreeSet<PartitionId>, within: Duration) -> Result<bool> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.round().await?;
+            if self.balanced(partitions) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Polls rounds until `total` records arrived across members (counted since
+    /// creation) or `within` passed, then rounds until a quiet period.
+    ///
+    /// # Errors
+    /// A failed round.
+    pub async fn drain(&mut self, total: usize, within: Duration, quiet: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while self.total() < total && Instant::now() < deadline {
+            self.round().await?;
+        }
+        let quiet_until = Instant::now() + quiet;
+        while Instant::now() < quiet_until {
+            self.round().await?;
+        }
+        Ok(())
+    }
+
+    /// Records received across members.
+    pub fn total(&self) -> usize {
+        self.received.iter().map(Vec::len).sum()
+    }
+
+    /// Closes every member.
+    ///
+    /// # Errors
+    /// The first failed close.
+    pub async fn close_all(&mut self) -> Result<()> {
+        for c in &mut self.consumers {
+            c.close().await?;
+        }
+        Ok(())
+    }
+}
