@@ -1,1 +1,8 @@
-//! facade (in progress)
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod config;
+
+pub use client::Client;
+pub use config::{Config, SchemeSupport, scheme_support};
+pub use tributary_core::*;

@@ -84,9 +84,10 @@ macro_rules! __scenario_names {
 /// Expands to one `#[test]` per scenario, each running against a fresh
 /// [`Harness`] made by evaluating `$harness`.
 ///
-/// ```ignore
-/// // backend-foo/tests/conformance.rs
-/// tributary_conformance::suite!(foo::FooHarness::from_env());
+/// ```
+/// // In a backend's tests/conformance.rs, with that backend's harness:
+/// tributary_conformance::suite!(tributary_conformance::MemoryHarness::default());
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! suite {

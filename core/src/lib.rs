@@ -31,7 +31,7 @@ pub use stream::{
     KeyRange, MAX_STREAM_NAME_LEN, PartitionInfo, PartitionState, StreamInfo, StreamSpec,
     validate_stream_name,
 };
-pub use url::{BackendUrl, query_config, redact_query};
+pub use url::{BackendUrl, describe_config_error, query_config, redact_query};
 
 /// Re-exported so backends and applications name the same versions.
 pub use async_trait::async_trait;

@@ -79,13 +79,26 @@ impl BackendUrl {
 /// # Errors
 /// `InvalidConfig` naming the scheme and the bad or unknown key.
 pub fn query_config<T: DeserializeOwned>(scheme: &str, query: &str) -> Result<T> {
-    serde_urlencoded::from_str(query).map_err(|e| {
-        let why = e
-            .to_string()
-            .replace("unknown field", "unknown key")
-            .replace("missing field", "missing key");
-        Error::invalid_config(format!("invalid option in the {scheme}:// URL: {why}")).with_source(e)
+    let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(pairs).map_err(|e| {
+        let why = describe_config_error(e.path(), &e.inner().to_string());
+        Error::invalid_config(format!("invalid option in the {scheme}:// URL: {why}"))
+            .with_source(e.into_inner())
     })
+}
+
+/// A serde error in people's words, naming the key it is about (serde's own messages
+/// for bad values do not).
+pub fn describe_config_error(path: &serde_path_to_error::Path, message: &str) -> String {
+    let message = message
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key");
+    let path = path.to_string();
+    if path.is_empty() || path == "." || message.starts_with("unknown key") {
+        message
+    } else {
+        format!("`{path}`: {message}")
+    }
 }
 
 /// `url` without its query, for messages (query values may hold secrets).

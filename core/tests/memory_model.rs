@@ -2,6 +2,8 @@
 //! members joining and leaving (closed or dropped), seeks and partition growth, and
 //! checks every step against a small reference model of what the contract promises.
 
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

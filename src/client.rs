@@ -1,0 +1,121 @@
+//! The application's handle on one engine.
+
+use std::sync::Arc;
+
+use tributary_core::{
+    Admin, Backend, Capabilities, Consumer, ConsumerConfig, ErrorKind, Layer, Layered, MemoryBackend,
+    Producer, ProducerConfig, Result, StreamSpec, async_trait,
+};
+
+use crate::config::Config;
+
+/// A connection to one engine. Cheap to clone; clones share the engine. Several
+/// clients, of the same or different engines, can live in one process.
+#[derive(Clone, Debug)]
+pub struct Client {
+    backend: Arc<dyn Backend>,
+}
+
+impl Client {
+    /// Connects to the engine `config` describes.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for bad settings, or the engine's connection error. Cancel safe.
+    pub async fn connect(config: Config) -> Result<Self> {
+        let backend: Arc<dyn Backend> = match config {
+            Config::Memory(c) => Arc::new(MemoryBackend::new(c)?),
+        };
+        Ok(Self { backend })
+    }
+
+    /// Connects to the engine a URL names, such as `memory://?partitions=4`.
+    ///
+    /// # Errors
+    /// As [`Config::from_url`] and [`Client::connect`]. Cancel safe.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::connect(Config::from_url(url)?).await
+    }
+
+    /// Connects to the engine the environment names (`TRIBUTARY_URL` or
+    /// `TRIBUTARY_CONFIG`).
+    ///
+    /// # Errors
+    /// As [`Config::from_env`] and [`Client::connect`]. Cancel safe.
+    pub async fn from_env() -> Result<Self> {
+        Self::connect(Config::from_env()?).await
+    }
+
+    /// Wraps a backend built by hand (a mock, a layered backend, a custom engine).
+    pub fn from_backend(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
+    /// This client with every producer, consumer and admin handle wrapped by `layer`.
+    pub fn with_layer(self, layer: impl Layer) -> Self {
+        Self {
+            backend: Arc::new(Layered::new(self.backend, layer)),
+        }
+    }
+
+    /// The backend behind this client.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// What the engine supports.
+    pub fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+
+    /// A producer with default settings.
+    ///
+    /// # Errors
+    /// As [`Backend::producer`]. Cancel safe.
+    pub async fn producer(&self) -> Result<Box<dyn Producer>> {
+        self.backend.producer(ProducerConfig::default()).await
+    }
+
+    /// A consumer.
+    ///
+    /// # Errors
+    /// As [`Backend::consumer`]. Cancel safe.
+    pub async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {
+        self.backend.consumer(config).await
+    }
+
+    /// An admin handle.
+    ///
+    /// # Errors
+    /// As [`Backend::admin`]. Cancel safe.
+    pub async fn admin(&self) -> Result<Box<dyn Admin>> {
+        self.backend.admin().await
+    }
+
+    /// Creates the stream unless one of that name exists (whatever its settings).
+    ///
+    /// # Errors
+    /// As [`Admin::create_stream`], except `AlreadyExists`. Not cancel safe.
+    pub async fn ensure_stream(&self, spec: &StreamSpec) -> Result<()> {
+        match self.admin().await?.create_stream(spec).await {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// A client is a backend too, so it can go wherever one is expected.
+#[async_trait]
+impl Backend for Client {
+    fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+    async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
+        self.backend.producer(config).await
+    }
+    async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {
+        self.backend.consumer(config).await
+    }
+    async fn admin(&self) -> Result<Box<dyn Admin>> {
+        self.backend.admin().await
+    }
+}

@@ -1,0 +1,135 @@
+//! Choosing an engine from URLs, TOML and the environment, and the errors for bad ones.
+
+use std::time::Duration;
+
+use tributary::{Config, ErrorKind, MemoryConfig, SchemeSupport, scheme_support};
+
+#[test]
+fn memory_url_with_options() {
+    let config = Config::from_url("memory://?partitions=4&max_record_bytes=2048&session_timeout=5s").unwrap();
+    assert_eq!(
+        config,
+        Config::Memory(MemoryConfig {
+            partitions: 4,
+            max_record_bytes: 2048,
+            session_timeout: Duration::from_secs(5),
+        })
+    );
+    assert_eq!(
+        Config::from_url("memory://").unwrap(),
+        Config::Memory(MemoryConfig::default())
+    );
+    assert_eq!("memory://".parse::<Config>().unwrap().backend_name(), "memory");
+}
+
+#[test]
+fn unknown_key_lists_the_valid_ones() {
+    let err = Config::from_url("memory://?partitons=4").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    let msg = err.to_string();
+    for expected in ["partitons", "partitions", "max_record_bytes", "session_timeout"] {
+        assert!(msg.contains(expected), "{msg}");
+    }
+}
+
+#[test]
+fn bad_values_are_named() {
+    for (url, fragment) in [
+        ("memory://?partitions=0", "partitions"),
+        ("memory://?partitions=lots", "`partitions`: invalid digit"),
+        (
+            "memory://?session_timeout=soon",
+            "`session_timeout`: invalid value",
+        ),
+        ("memory://localhost", "no host or path"),
+    ] {
+        let err = Config::from_url(url).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{url}");
+        assert!(err.to_string().contains(fragment), "{url}: {err}");
+    }
+}
+
+#[test]
+fn malformed_and_unknown_urls() {
+    let err = Config::from_url("memory").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("scheme://"), "{err}");
+    let err = Config::from_url("redis://localhost").unwrap_err();
+    assert!(err.to_string().contains("unknown backend \"redis\""), "{err}");
+    assert!(
+        err.to_string().contains("memory://"),
+        "lists what is compiled in: {err}"
+    );
+}
+
+#[test]
+fn known_schemes_not_in_this_build_say_so() {
+    for scheme in ["native", "kafka", "kinesis"] {
+        let support = scheme_support(scheme).unwrap();
+        let err = Config::from_url(&format!("{scheme}://x")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        match support {
+            SchemeSupport::FeatureOff(feature) => {
+                assert!(err.to_string().contains(&format!("`{feature}` feature")), "{err}")
+            }
+            SchemeSupport::NotYetAvailable => assert!(err.to_string().contains("not available"), "{err}"),
+            SchemeSupport::Available => panic!("{scheme} is compiled in but its URL failed: {err}"),
+        }
+    }
+    assert_eq!(scheme_support("memory"), Some(SchemeSupport::Available));
+    assert_eq!(scheme_support("ftp"), None);
+}
+
+#[test]
+fn toml_config() {
+    let config =
+        Config::from_toml_str("backend = \"memory\"\npartitions = 3\nsession_timeout = \"2s\"\n").unwrap();
+    let Config::Memory(memory) = config else {
+        panic!("memory")
+    };
+    assert_eq!(memory.partitions, 3);
+    assert_eq!(memory.session_timeout, Duration::from_secs(2));
+
+    for (text, fragment) in [
+        ("partitions = 3", "no `backend`"),
+        ("backend = 3", "must be a string"),
+        ("backend = \"memory\"\npartitons = 3", "unknown key `partitons`"),
+        ("backend = \"memory\"\npartitions = 0", "partitions"),
+        (
+            "backend = \"memory\"\npartitions = \"four\"",
+            "`partitions`: invalid type",
+        ),
+        ("backend = \"kafka\"", "kafka"),
+        ("backend = [", "invalid TOML"),
+    ] {
+        let err = Config::from_toml_str(text).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{text}");
+        assert!(err.to_string().contains(fragment), "{text}: {err}");
+    }
+}
+
+#[test]
+fn config_file_errors_name_the_file() {
+    let dir = std::env::temp_dir().join(format!("tributary-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tributary.toml");
+    std::fs::write(&file, "backend = \"memory\"\nbogus = 1\n").unwrap();
+    let err = Config::from_file(&file).unwrap_err();
+    assert!(err.to_string().contains("tributary.toml"), "{err}");
+    assert!(err.to_string().contains("bogus"), "{err}");
+    std::fs::write(&file, "backend = \"memory\"\n").unwrap();
+    assert_eq!(Config::from_file(&file).unwrap().backend_name(), "memory");
+    let err = Config::from_file(dir.join("missing.toml")).unwrap_err();
+    assert!(err.to_string().contains("missing.toml"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn config_serializes_with_its_tag() {
+    let text = toml::to_string(&Config::Memory(MemoryConfig::default())).unwrap();
+    assert!(text.contains("backend = \"memory\""), "{text}");
+    assert_eq!(
+        Config::from_toml_str(&text).unwrap(),
+        Config::Memory(MemoryConfig::default())
+    );
+}
