@@ -5,6 +5,7 @@ mod capabilities;
 mod client;
 mod error;
 mod ext;
+pub mod group;
 mod id;
 mod layer;
 pub mod memory;

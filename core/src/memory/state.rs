@@ -1,7 +1,7 @@
 //! The engine's shared state, behind one mutex: every operation is short and never
 //! awaits while holding it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -10,13 +10,12 @@ use tokio::sync::Notify;
 
 use super::MemoryConfig;
 use crate::error::{Error, Result};
+use crate::group::{GroupState, MemberId};
 use crate::id::Timestamp;
 use crate::record::{Headers, StartFrom};
 
 /// The most partitions a memory stream may have.
 pub(super) const MAX_PARTITIONS: u32 = 10_000;
-
-pub(super) type MemberId = u64;
 
 #[derive(Debug)]
 pub(super) struct Engine {
@@ -172,70 +171,5 @@ impl PartitionLog {
 
     pub fn get(&self, offset: u64) -> Option<&StoredRecord> {
         usize::try_from(offset).ok().and_then(|i| self.records.get(i))
-    }
-}
-
-#[derive(Debug, Default)]
-pub(super) struct GroupState {
-    pub members: BTreeMap<MemberId, Instant>,
-    /// Which member holds each partition now. A partition moves only after its holder
-    /// released it (committing what it had acknowledged) or was evicted.
-    pub owners: BTreeMap<u32, MemberId>,
-    /// Next offset to read per partition.
-    pub committed: BTreeMap<u32, u64>,
-}
-
-impl GroupState {
-    /// The partitions `member` should hold: partition `p` goes to the `p mod n`-th
-    /// member in id order, so counts differ by at most one.
-    pub fn target(&self, member: MemberId, partitions: u32) -> BTreeSet<u32> {
-        let Some(rank) = self.members.keys().position(|m| *m == member) else {
-            return BTreeSet::new();
-        };
-        let n = self.members.len();
-        (0..partitions).filter(|p| (*p as usize) % n == rank).collect()
-    }
-
-    /// Removes members that have not been seen within `timeout` (other than `keep`),
-    /// freeing their partitions without committing for them.
-    pub fn evict_stale(&mut self, now: Instant, timeout: Duration, keep: MemberId) -> bool {
-        let stale: Vec<MemberId> = self
-            .members
-            .iter()
-            .filter(|(m, seen)| **m != keep && now.duration_since(**seen) > timeout)
-            .map(|(m, _)| *m)
-            .collect();
-        for m in &stale {
-            self.remove_member(*m);
-        }
-        !stale.is_empty()
-    }
-
-    pub fn remove_member(&mut self, member: MemberId) {
-        self.members.remove(&member);
-        self.owners.retain(|_, owner| *owner != member);
-    }
-
-    /// Raises the committed position of `partition` to `next`; never lowers it.
-    pub fn commit(&mut self, partition: u32, next: u64) {
-        let slot = self.committed.entry(partition).or_insert(0);
-        *slot = (*slot).max(next);
-    }
-
-    /// The earliest time a member other than `member` holding one of `wanted` could be
-    /// evicted, so a waiting member knows when to look again.
-    pub fn next_eviction(
-        &self,
-        member: MemberId,
-        wanted: &BTreeSet<u32>,
-        timeout: Duration,
-    ) -> Option<Instant> {
-        wanted
-            .iter()
-            .filter_map(|p| self.owners.get(p))
-            .filter(|owner| **owner != member)
-            .filter_map(|owner| self.members.get(owner))
-            .map(|seen| *seen + timeout)
-            .min()
     }
 }
