@@ -187,10 +187,10 @@ impl GroupState {
         let held: Vec<u32> = cursors.positions.keys().copied().collect();
         for p in held.into_iter().filter(|p| !target.contains(p)) {
             let id = PartitionId::from_index(p);
-            if let Some(last) = cursors.acks.committable(&id).and_then(Offset::as_u64) {
-                if self.commit(p, last + 1) {
-                    outcome.committed.push((p, last + 1));
-                }
+            if let Some(last) = cursors.acks.committable(&id).and_then(Offset::as_u64)
+                && self.commit(p, last + 1)
+            {
+                outcome.committed.push((p, last + 1));
             }
             cursors.acks.forget(&id);
             cursors.positions.remove(&p);

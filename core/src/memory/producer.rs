@@ -36,13 +36,13 @@ impl MemoryProducer {
                     "record {i} of the batch is {size} bytes (key + value + headers), above the limit of {max}"
                 )));
             }
-            if let Some(p) = &record.partition {
-                if p.index().is_none_or(|p| p >= partitions) {
-                    return Err(Error::invalid_input(format!(
-                        "record {i} targets partition {p}, but the stream has partitions 0 to {}",
-                        partitions.saturating_sub(1)
-                    )));
-                }
+            if let Some(p) = &record.partition
+                && p.index().is_none_or(|p| p >= partitions)
+            {
+                return Err(Error::invalid_input(format!(
+                    "record {i} targets partition {p}, but the stream has partitions 0 to {}",
+                    partitions.saturating_sub(1)
+                )));
             }
         }
         Ok(())

@@ -1,0 +1,499 @@
+//! The contract traits over the engine: producer, consumer, admin.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tributary_core::group::{Cursors, MemberId};
+use tributary_core::{
+    Admin, Consumer, ConsumerConfig, ConsumerMode, Delivery, Error, ErrorKind, Offset, PartitionId,
+    PartitionInfo, PartitionState, Producer, Received, Record, Result, SendError, StartFrom, StreamInfo,
+    StreamSpec, Timestamp, async_trait, partition_for_key, validate_group_name, validate_stream_name,
+};
+
+use crate::config::Durability;
+use crate::engine::{Engine, StreamHandle};
+use crate::log::PartitionLog;
+
+pub(crate) struct NativeProducer {
+    pub engine: Arc<Engine>,
+    pub closed: AtomicBool,
+}
+
+impl NativeProducer {
+    /// Every record's partition, after checking the whole batch (so a bad batch
+    /// changes nothing).
+    fn route(&self, stream: &StreamHandle, records: &[Record]) -> Result<Vec<u32>> {
+        let partitions = stream.partition_count();
+        let max = self.engine.config.max_record_bytes;
+        let unkeyed = stream.next_unkeyed.load(Ordering::Relaxed) % partitions;
+        let mut routes = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            let size = record.encoded_len();
+            if size > max {
+                return Err(Error::invalid_input(format!(
+                    "record {i} of the batch is {size} bytes (key + value + headers), above the limit of {max}"
+                )));
+            }
+            routes.push(match (&record.partition, &record.key) {
+                (Some(p), _) => match p.index().filter(|p| *p < partitions) {
+                    Some(p) => p,
+                    None => {
+                        return Err(Error::invalid_input(format!(
+                            "record {i} targets partition {p}, but the stream has partitions 0 to {}",
+                            partitions - 1
+                        )));
+                    }
+                },
+                (None, Some(key)) => partition_for_key(key, partitions),
+                (None, None) => unkeyed,
+            });
+        }
+        if records.iter().any(|r| r.key.is_none() && r.partition.is_none()) {
+            stream
+                .next_unkeyed
+                .store((unkeyed + 1) % partitions, Ordering::Relaxed);
+        }
+        Ok(routes)
+    }
+}
+
+#[async_trait]
+impl Producer for NativeProducer {
+    async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SendError::nothing_sent(Error::closed("producer"), records));
+        }
+        let handle = match self.engine.stream(stream) {
+            Ok(h) => h,
+            Err(e) => return Err(SendError::nothing_sent(e, records)),
+        };
+        let routes = match self.route(&handle, &records) {
+            Ok(r) => r,
+            Err(e) => return Err(SendError::nothing_sent(e, records)),
+        };
+        let now = Timestamp::now();
+        // Records of each partition, in the caller's order, with their batch indexes.
+        let mut by_partition: std::collections::BTreeMap<u32, (Vec<usize>, Vec<Record>)> = Default::default();
+        let mut slots: Vec<Option<Record>> = records.into_iter().map(Some).collect();
+        for (i, p) in routes.iter().enumerate() {
+            let entry = by_partition.entry(*p).or_default();
+            entry.0.push(i);
+            if let Some(r) = slots[i].take() {
+                entry.1.push(r);
+            }
+        }
+        let mut deliveries: Vec<Option<Delivery>> = vec![None; routes.len()];
+        let mut failed: Option<(Error, Vec<usize>, Vec<Record>)> = None;
+        let mut to_sync: Vec<(Arc<PartitionLog>, u64, Vec<usize>, Vec<Record>)> = Vec::new();
+        for (p, (indexes, recs)) in by_partition {
+            let Some(log) = handle.log(p) else { continue };
+            match log.append(&recs, now) {
+                Ok(base) => {
+                    for (k, (&i, r)) in indexes.iter().zip(&recs).enumerate() {
+                        deliveries[i] = Some(Delivery {
+                            partition: PartitionId::from_index(p),
+                            offset: Offset::new(base + k as u64),
+                            timestamp: Some(r.timestamp.unwrap_or(now)),
+                        });
+                    }
+                    if self.engine.config.durability == Durability::Sync {
+                        let end = base + recs.len() as u64;
+                        to_sync.push((log, end, indexes, recs));
+                    }
+                }
+                Err(e) => {
+                    let entry = failed.get_or_insert_with(|| (e, Vec::new(), Vec::new()));
+                    entry.1.extend(indexes);
+                    entry.2.extend(recs);
+                }
+            }
+        }
+        handle.notify.notify_waiters();
+        for (log, end, indexes, recs) in to_sync {
+            let synced = tokio::task::spawn_blocking(move || log.sync_to(end)).await;
+            let outcome =
+                synced.unwrap_or_else(|e| Err(Error::new(ErrorKind::Backend, format!("sync task: {e}"))));
+            if let Err(e) = outcome {
+                // Written but perhaps not durable: neither acknowledged nor failed.
+                let e = Error::new(
+                    ErrorKind::Indeterminate,
+                    format!("written but not made durable: {e}"),
+                );
+                for &i in &indexes {
+                    deliveries[i] = None;
+                }
+                let entry = failed.get_or_insert_with(|| (e, Vec::new(), Vec::new()));
+                entry.1.extend(indexes);
+                entry.2.extend(recs);
+            }
+        }
+        match failed {
+            None => Ok(deliveries.into_iter().flatten().collect()),
+            Some((error, indexes, recs)) => {
+                let mut unsent: Vec<(usize, Record)> = indexes.into_iter().zip(recs).collect();
+                unsent.sort_by_key(|(i, _)| *i);
+                Err(SendError {
+                    error,
+                    delivered: deliveries
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(i, d)| d.map(|d| (i, d)))
+                        .collect(),
+                    unsent: unsent.into_iter().map(|(_, r)| r).collect(),
+                })
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer"));
+        }
+        self.engine.check_open()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+pub(crate) struct NativeAdmin {
+    pub engine: Arc<Engine>,
+}
+
+#[async_trait]
+impl Admin for NativeAdmin {
+    async fn create_stream(&self, spec: &StreamSpec) -> Result<()> {
+        validate_stream_name(&spec.name)?;
+        let partitions = spec.partitions.unwrap_or(self.engine.config.partitions);
+        if partitions == 0 || partitions > crate::MAX_PARTITIONS {
+            return Err(Error::invalid_input(format!(
+                "stream {:?}: a partition count must be 1 to {}, got {partitions}",
+                spec.name,
+                crate::MAX_PARTITIONS
+            )));
+        }
+        if let Some(key) = spec.options.keys().next() {
+            return Err(Error::invalid_input(format!(
+                "stream {:?}: the native engine takes no stream options (got {key:?})",
+                spec.name
+            )));
+        }
+        self.engine.create_stream(&spec.name, partitions, spec.retention)
+    }
+
+    async fn delete_stream(&self, name: &str) -> Result<()> {
+        self.engine.delete_stream(name)
+    }
+
+    async fn describe_stream(&self, name: &str) -> Result<StreamInfo> {
+        let handle = self.engine.stream(name)?;
+        let partitions = handle
+            .partitions()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (low, high) = (p.log.low(), p.log.next_offset());
+                PartitionInfo {
+                    id: PartitionId::from_index(i as u32),
+                    parents: Vec::new(),
+                    key_range: None,
+                    state: PartitionState::Open,
+                    low: (low < high).then(|| Offset::new(low)),
+                    high: Some(Offset::new(high)),
+                }
+            })
+            .collect();
+        Ok(StreamInfo {
+            name: name.to_owned(),
+            partitions,
+            retention: handle.retention,
+        })
+    }
+
+    async fn list_streams(&self) -> Result<Vec<String>> {
+        self.engine.check_open()?;
+        Ok(self.engine.streams().keys().cloned().collect())
+    }
+
+    async fn set_partitions(&self, name: &str, count: u32) -> Result<()> {
+        if count == 0 || count > crate::MAX_PARTITIONS {
+            return Err(Error::invalid_input(format!(
+                "stream {name:?}: a partition count must be 1 to {}, got {count}",
+                crate::MAX_PARTITIONS
+            )));
+        }
+        self.engine.set_partitions(name, count)
+    }
+}
+
+pub(crate) struct NativeConsumer {
+    engine: Arc<Engine>,
+    stream: Arc<StreamHandle>,
+    member: Option<(String, MemberId)>,
+    start: StartFrom,
+    created: Instant,
+    cursors: Cursors,
+    rotation: u32,
+    closed: bool,
+}
+
+fn resolve(log: &PartitionLog, start: &StartFrom) -> Result<u64> {
+    Ok(match start {
+        StartFrom::Earliest => log.low(),
+        StartFrom::Latest => log.next_offset(),
+        StartFrom::At(o) => o.as_u64().unwrap_or(u64::MAX),
+        StartFrom::After(o) => o.as_u64().map_or(u64::MAX, |n| n.saturating_add(1)),
+        StartFrom::Timestamp(t) => log.offset_for_timestamp(*t)?,
+    })
+}
+
+impl NativeConsumer {
+    pub fn new(engine: Arc<Engine>, config: ConsumerConfig) -> Result<Self> {
+        let stream = engine.stream(&config.stream)?;
+        let member = match config.mode {
+            ConsumerMode::Broadcast => None,
+            ConsumerMode::Group(group) => {
+                validate_group_name(&group)?;
+                let mut groups = engine.groups();
+                let id = groups.new_member();
+                groups.state(&group, &stream.name).join(id, Instant::now());
+                Some((group, id))
+            }
+        };
+        let mut consumer = Self {
+            engine,
+            stream,
+            member,
+            start: config.start,
+            created: Instant::now(),
+            cursors: Cursors::default(),
+            rotation: 0,
+            closed: false,
+        };
+        consumer.sync()?;
+        consumer.stream.notify.notify_waiters();
+        Ok(consumer)
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::closed("consumer"));
+        }
+        self.engine.check_open()?;
+        match self.engine.streams().get(&*self.stream.name) {
+            Some(s) if s.incarnation == self.stream.incarnation => Ok(()),
+            _ => Err(Error::not_found(format!(
+                "stream {:?} was deleted",
+                self.stream.name
+            ))),
+        }
+    }
+
+    fn initial(&self) -> Result<Vec<u64>> {
+        self.stream
+            .partitions()
+            .iter()
+            .map(|p| {
+                if p.created > self.created {
+                    Ok(p.log.low())
+                } else {
+                    resolve(&p.log, &self.start)
+                }
+            })
+            .collect()
+    }
+
+    fn sync(&mut self) -> Result<Option<Instant>> {
+        let initial = self.initial()?;
+        let partitions = u32::try_from(initial.len()).unwrap_or(u32::MAX);
+        let Some((group, id)) = &self.member else {
+            for p in 0..partitions {
+                self.cursors.positions.entry(p).or_insert(initial[p as usize]);
+            }
+            return Ok(None);
+        };
+        let mut groups = self.engine.groups();
+        let outcome = groups.state(group, &self.stream.name).sync(
+            *id,
+            &mut self.cursors,
+            partitions,
+            |p| initial[p as usize],
+            Instant::now(),
+            self.engine.config.session_timeout,
+        );
+        let persisted = groups
+            .offsets
+            .commit(group, &self.stream.name, &outcome.committed);
+        drop(groups);
+        if outcome.changed {
+            self.stream.notify.notify_waiters();
+        }
+        persisted?;
+        Ok(outcome.look_again)
+    }
+
+    fn read(&mut self, max: usize) -> Result<Vec<Received>> {
+        let assigned: Vec<u32> = self.cursors.positions.keys().copied().collect();
+        let mut out = Vec::new();
+        if assigned.is_empty() || max == 0 {
+            return Ok(out);
+        }
+        let first = assigned.iter().position(|p| *p >= self.rotation).unwrap_or(0);
+        self.rotation = assigned[first].wrapping_add(1);
+        for &p in assigned[first..].iter().chain(&assigned[..first]) {
+            if out.len() >= max {
+                break;
+            }
+            let (Some(log), Some(&from)) = (self.stream.log(p), self.cursors.positions.get(&p)) else {
+                continue;
+            };
+            let records = log.read(from, max - out.len())?;
+            let Some(last) = records.last() else { continue };
+            self.cursors.positions.insert(p, last.offset + 1);
+            let partition = PartitionId::from_index(p);
+            for r in records {
+                if self.member.is_some() {
+                    self.cursors.delivered(p, r.offset);
+                }
+                out.push(Received {
+                    stream: self.stream.name.clone(),
+                    partition: partition.clone(),
+                    offset: Offset::new(r.offset),
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                    timestamp: Some(r.timestamp),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit_acked(&mut self) -> Result<()> {
+        let Some((group, id)) = &self.member else {
+            return Err(Error::unsupported(
+                "a broadcast consumer has no group to commit to; use ConsumerMode::Group",
+            ));
+        };
+        let mut groups = self.engine.groups();
+        let made = groups
+            .state(group, &self.stream.name)
+            .commit_acked(*id, &mut self.cursors);
+        let commits = match &made {
+            Ok(c) => c.clone(),
+            Err(_) => Vec::new(),
+        };
+        groups.offsets.commit(group, &self.stream.name, &commits)?;
+        made.map(drop)
+    }
+
+    fn leave(&mut self) {
+        if let Some((group, id)) = &self.member {
+            let mut groups = self.engine.groups();
+            if let Some(state) = groups
+                .states
+                .get_mut(&(group.clone(), self.stream.name.to_string()))
+            {
+                state.leave(*id, &mut self.cursors);
+            }
+            drop(groups);
+            self.stream.notify.notify_waiters();
+        }
+        self.cursors = Cursors::default();
+    }
+}
+
+#[async_trait]
+impl Consumer for NativeConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Received>> {
+        self.check_live()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let heartbeat = self.engine.config.session_timeout / 3;
+        let stream = self.stream.clone();
+        loop {
+            let notified = stream.notify.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so an append in between still wakes us.
+            notified.as_mut().enable();
+            self.check_live()?;
+            let look_again = self.sync()?;
+            let records = self.read(max)?;
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut wake = deadline.min(now + heartbeat);
+            if let Some(at) = look_again {
+                wake = wake.min(tokio::time::Instant::from_std(at));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn ack(&mut self, partition: &PartitionId, offset: &Offset) -> Result<()> {
+        if self.closed {
+            return Err(Error::closed("consumer"));
+        }
+        if self.member.is_none() {
+            return Err(Error::unsupported(
+                "a broadcast consumer has no group to acknowledge to; use ConsumerMode::Group",
+            ));
+        }
+        self.cursors.acks.ack(partition, offset)
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.check_live()?;
+        self.commit_acked()
+    }
+
+    async fn seek(&mut self, partition: &PartitionId, to: StartFrom) -> Result<()> {
+        self.check_live()?;
+        let p = self.cursors.held(partition)?;
+        let log = self
+            .stream
+            .log(p)
+            .ok_or_else(|| Error::new(ErrorKind::NotAssigned, format!("no partition {partition}")))?;
+        let cursor = resolve(&log, &to)?;
+        self.cursors.seek(partition, cursor)
+    }
+
+    fn assignment(&self) -> Vec<PartitionId> {
+        self.cursors
+            .positions
+            .keys()
+            .map(|p| PartitionId::from_index(*p))
+            .collect()
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let committed = if self.member.is_some() && self.engine.check_open().is_ok() {
+            self.commit_acked()
+        } else {
+            Ok(())
+        };
+        self.leave();
+        committed
+    }
+}
+
+impl Drop for NativeConsumer {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.leave();
+        }
+    }
+}

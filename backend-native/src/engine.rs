@@ -1,0 +1,513 @@
+//! The engine: one data directory, held with an exclusive lock.
+//!
+//! ```text
+//! <root>/LOCK                          exclusive lock while open
+//! <root>/streams/<stream>/stream.json  partition count, retention
+//! <root>/streams/<stream>/<p>/{base:020}.log, .idx
+//! <root>/offsets/commits.log           group commits
+//! <root>/staging/                      streams being created or deleted
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tributary_core::group::{GroupState, MemberId};
+use tributary_core::{Error, ErrorKind, Result, Timestamp, validate_stream_name};
+
+use crate::config::{Durability, NativeConfig};
+use crate::log::{LogConfig, PartitionLog, RecoveryReport};
+use crate::offsets::OffsetStore;
+use crate::storage::{Storage, read_all, write_atomic};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StreamMeta {
+    partitions: u32,
+    #[serde(default, with = "humantime_serde")]
+    retention: Option<Duration>,
+}
+
+/// One partition of an open stream.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    pub log: Arc<PartitionLog>,
+    /// When it was created or loaded: partitions newer than a consumer are read from
+    /// their start.
+    pub created: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct StreamHandle {
+    pub name: Arc<str>,
+    pub incarnation: u64,
+    dir: PathBuf,
+    pub partitions: RwLock<Vec<Partition>>,
+    pub notify: Notify,
+    pub next_unkeyed: AtomicU32,
+    pub retention: Option<Duration>,
+}
+
+impl StreamHandle {
+    pub fn partition_count(&self) -> u32 {
+        u32::try_from(self.partitions().len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn partitions(&self) -> std::sync::RwLockReadGuard<'_, Vec<Partition>> {
+        self.partitions.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn log(&self, p: u32) -> Option<Arc<PartitionLog>> {
+        self.partitions().get(p as usize).map(|part| part.log.clone())
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Groups {
+    pub states: HashMap<(String, String), GroupState>,
+    pub offsets: OffsetStore,
+    next_member: MemberId,
+}
+
+impl Groups {
+    pub fn new_member(&mut self) -> MemberId {
+        self.next_member += 1;
+        self.next_member
+    }
+
+    /// The state of `group` on `stream`, loaded from the persisted commits on first use.
+    pub fn state(&mut self, group: &str, stream: &str) -> &mut GroupState {
+        let offsets = &self.offsets;
+        self.states
+            .entry((group.to_owned(), stream.to_owned()))
+            .or_insert_with(|| {
+                GroupState::with_commits(offsets.stream(stream).remove(group).unwrap_or_default())
+            })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub root: PathBuf,
+    pub config: NativeConfig,
+    storage: Arc<dyn Storage>,
+    log_config: LogConfig,
+    streams: RwLock<BTreeMap<String, Arc<StreamHandle>>>,
+    pub groups: Mutex<Groups>,
+    closed: AtomicBool,
+    lock: Mutex<Option<Box<dyn std::fmt::Debug + Send + Sync>>>,
+    background: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    next_incarnation: AtomicU64,
+    /// What recovery found per partition at open, by `stream/partition`.
+    pub recovery: BTreeMap<String, RecoveryReport>,
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("{what} {}: {e}", path.display())).with_source(e)
+}
+
+impl Engine {
+    pub fn open(config: NativeConfig, storage: Arc<dyn Storage>) -> Result<Arc<Self>> {
+        config.validate()?;
+        let root = config.path.clone();
+        storage
+            .create_dir_all(&root)
+            .map_err(|e| io_error("creating the data directory", &root, e))?;
+        let lock = storage.lock(&root.join("LOCK")).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the data directory {} is in use by another open engine (in this or another process)",
+                        root.display()
+                    ),
+                )
+            } else {
+                io_error("locking", &root, e)
+            }
+        })?;
+        for dir in ["streams", "offsets", "staging"] {
+            storage
+                .create_dir_all(&root.join(dir))
+                .map_err(|e| io_error("creating", &root.join(dir), e))?;
+        }
+        let staging = root.join("staging");
+        for leftover in storage
+            .list(&staging)
+            .map_err(|e| io_error("listing", &staging, e))?
+        {
+            let _ = storage.remove_dir_all(&staging.join(&leftover));
+        }
+        let log_config = LogConfig {
+            segment_bytes: config.segment_bytes,
+            segment_age: config.segment_age,
+            max_batch_body: config.max_record_bytes.max(1024 * 1024) * 2,
+            index_interval: 4096,
+            cache_bytes: config.cache_bytes,
+            retention_bytes: config.retention_bytes,
+            retention: config.retention,
+        };
+        let offsets = OffsetStore::open(
+            root.join("offsets").join("commits.log"),
+            storage.clone(),
+            config.durability == Durability::Sync,
+        )?;
+        let mut engine = Self {
+            root: root.clone(),
+            config,
+            storage,
+            log_config,
+            streams: RwLock::new(BTreeMap::new()),
+            groups: Mutex::new(Groups {
+                states: HashMap::new(),
+                offsets,
+                next_member: 0,
+            }),
+            closed: AtomicBool::new(false),
+            lock: Mutex::new(Some(lock)),
+            background: Mutex::new(None),
+            next_incarnation: AtomicU64::new(0),
+            recovery: BTreeMap::new(),
+        };
+        let streams_dir = root.join("streams");
+        for name in engine
+            .storage
+            .list(&streams_dir)
+            .map_err(|e| io_error("listing", &streams_dir, e))?
+        {
+            if validate_stream_name(&name).is_err() {
+                continue;
+            }
+            let handle = engine.load_stream(&name)?;
+            engine
+                .streams
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name, handle);
+        }
+        let engine = Arc::new(engine);
+        engine.start_background();
+        Ok(engine)
+    }
+
+    fn log_config_for(&self, retention: Option<Duration>) -> LogConfig {
+        LogConfig {
+            retention: retention.or(self.log_config.retention),
+            ..self.log_config.clone()
+        }
+    }
+
+    fn load_stream(&mut self, name: &str) -> Result<Arc<StreamHandle>> {
+        let dir = self.root.join("streams").join(name);
+        let meta_path = dir.join("stream.json");
+        let meta: StreamMeta = serde_json::from_slice(
+            &read_all(&*self.storage, &meta_path).map_err(|e| io_error("reading", &meta_path, e))?,
+        )
+        .map_err(|e| Error::new(ErrorKind::Corruption, format!("{}: {e}", meta_path.display())))?;
+        let mut partitions = Vec::new();
+        for p in 0..meta.partitions {
+            let (log, report) = PartitionLog::open(
+                dir.join(p.to_string()),
+                self.storage.clone(),
+                self.log_config_for(meta.retention),
+            )?;
+            if report != RecoveryReport::default() {
+                self.recovery.insert(format!("{name}/{p}"), report);
+            }
+            partitions.push(Partition {
+                log: Arc::new(log),
+                created: Instant::now(),
+            });
+        }
+        Ok(Arc::new(StreamHandle {
+            name: name.into(),
+            incarnation: self.next_incarnation.fetch_add(1, Ordering::Relaxed),
+            dir,
+            partitions: RwLock::new(partitions),
+            notify: Notify::new(),
+            next_unkeyed: AtomicU32::new(0),
+            retention: meta.retention,
+        }))
+    }
+
+    fn start_background(self: &Arc<Self>) {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let weak = Arc::downgrade(self);
+        let tick = match self.config.durability {
+            Durability::GroupCommit => self.config.group_commit_interval,
+            _ => Duration::from_secs(1),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("tributary-native".into())
+            .spawn(move || {
+                let mut last_retention = Instant::now();
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    let Some(engine) = weak.upgrade() else { return };
+                    engine.background_tick(&mut last_retention);
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                *self.background.lock().unwrap_or_else(PoisonError::into_inner) = Some((stop, handle))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the background thread: no group commit or retention")
+            }
+        }
+    }
+
+    fn background_tick(&self, last_retention: &mut Instant) {
+        let streams: Vec<Arc<StreamHandle>> = self.streams().values().cloned().collect();
+        let logs: Vec<Arc<PartitionLog>> = streams
+            .iter()
+            .flat_map(|s| s.partitions().iter().map(|p| p.log.clone()).collect::<Vec<_>>())
+            .collect();
+        if self.config.durability == Durability::GroupCommit {
+            for log in &logs {
+                if log.is_dirty()
+                    && let Err(e) = log.sync_to(log.next_offset())
+                {
+                    tracing::error!(error = %e, "group commit sync failed; the partition refuses writes");
+                }
+            }
+        }
+        if last_retention.elapsed() >= Duration::from_secs(1) {
+            *last_retention = Instant::now();
+            for log in &logs {
+                if let Err(e) = log.enforce_retention(Timestamp::now()) {
+                    tracing::warn!(error = %e, "retention");
+                }
+            }
+        }
+    }
+
+    pub fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("native engine"));
+        }
+        Ok(())
+    }
+
+    pub fn streams(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<StreamHandle>>> {
+        self.streams.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn groups(&self) -> MutexGuard<'_, Groups> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn stream(&self, name: &str) -> Result<Arc<StreamHandle>> {
+        validate_stream_name(name)?;
+        self.check_open()?;
+        self.streams()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))
+    }
+
+    pub fn create_stream(&self, name: &str, partitions: u32, retention: Option<Duration>) -> Result<()> {
+        validate_stream_name(name)?;
+        self.check_open()?;
+        let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
+        if streams.contains_key(name) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("stream {name:?} already exists"),
+            ));
+        }
+        let staged = self
+            .root
+            .join("staging")
+            .join(format!("new-{name}-{:x}", fastrand_u64()));
+        let result = (|| {
+            self.storage
+                .create_dir_all(&staged)
+                .map_err(|e| io_error("creating", &staged, e))?;
+            for p in 0..partitions {
+                PartitionLog::create(
+                    staged.join(p.to_string()),
+                    self.storage.clone(),
+                    self.log_config.clone(),
+                )?;
+            }
+            let meta = serde_json::to_vec(&StreamMeta {
+                partitions,
+                retention,
+            })
+            .map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))?;
+            write_atomic(&*self.storage, &staged.join("stream.json"), &meta)
+                .map_err(|e| io_error("writing", &staged, e))?;
+            let dir = self.root.join("streams").join(name);
+            self.storage
+                .rename(&staged, &dir)
+                .map_err(|e| io_error("creating", &dir, e))?;
+            self.storage
+                .sync_dir(&self.root.join("streams"))
+                .map_err(|e| io_error("syncing", &self.root, e))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = self.storage.remove_dir_all(&staged);
+            return Err(e);
+        }
+        let dir = self.root.join("streams").join(name);
+        let mut opened = Vec::new();
+        for p in 0..partitions {
+            let (log, _) = PartitionLog::open(
+                dir.join(p.to_string()),
+                self.storage.clone(),
+                self.log_config_for(retention),
+            )?;
+            opened.push(Partition {
+                log: Arc::new(log),
+                created: Instant::now(),
+            });
+        }
+        streams.insert(
+            name.to_owned(),
+            Arc::new(StreamHandle {
+                name: name.into(),
+                incarnation: self.next_incarnation.fetch_add(1, Ordering::Relaxed),
+                dir,
+                partitions: RwLock::new(opened),
+                notify: Notify::new(),
+                next_unkeyed: AtomicU32::new(0),
+                retention,
+            }),
+        );
+        Ok(())
+    }
+
+    pub fn delete_stream(&self, name: &str) -> Result<()> {
+        validate_stream_name(name)?;
+        self.check_open()?;
+        let handle = {
+            let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
+            streams
+                .remove(name)
+                .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))?
+        };
+        {
+            let mut groups = self.groups();
+            groups.states.retain(|(_, s), _| s != name);
+            groups.offsets.drop_stream(name)?;
+        }
+        handle.notify.notify_waiters();
+        let trash = self
+            .root
+            .join("staging")
+            .join(format!("deleted-{name}-{:x}", fastrand_u64()));
+        self.storage
+            .rename(&handle.dir, &trash)
+            .map_err(|e| io_error("deleting", &handle.dir, e))?;
+        self.storage
+            .sync_dir(&self.root.join("streams"))
+            .map_err(|e| io_error("syncing", &self.root, e))?;
+        let _ = self.storage.remove_dir_all(&trash);
+        Ok(())
+    }
+
+    pub fn set_partitions(&self, name: &str, count: u32) -> Result<()> {
+        let handle = self.stream(name)?;
+        let _guard = self.streams.write().unwrap_or_else(PoisonError::into_inner);
+        let current = handle.partition_count();
+        if count < current {
+            return Err(Error::invalid_input(format!(
+                "stream {name:?} has {current} partitions; the count can only grow (asked for {count})"
+            )));
+        }
+        if count == current {
+            return Ok(());
+        }
+        let mut added = Vec::new();
+        for p in current..count {
+            let dir = handle.dir.join(p.to_string());
+            // Left by a crash between creating it and recording it: start afresh.
+            if self.storage.exists(&dir) {
+                self.storage
+                    .remove_dir_all(&dir)
+                    .map_err(|e| io_error("clearing", &dir, e))?;
+            }
+            added.push(PartitionLog::create(
+                dir,
+                self.storage.clone(),
+                self.log_config_for(handle.retention),
+            )?);
+        }
+        self.storage
+            .sync_dir(&handle.dir)
+            .map_err(|e| io_error("syncing", &handle.dir, e))?;
+        let meta = serde_json::to_vec(&StreamMeta {
+            partitions: count,
+            retention: handle.retention,
+        })
+        .map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))?;
+        write_atomic(&*self.storage, &handle.dir.join("stream.json"), &meta)
+            .map_err(|e| io_error("writing", &handle.dir, e))?;
+        let mut partitions = handle.partitions.write().unwrap_or_else(PoisonError::into_inner);
+        for log in added {
+            partitions.push(Partition {
+                log: Arc::new(log),
+                created: Instant::now(),
+            });
+        }
+        drop(partitions);
+        handle.notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Syncs everything, saves indexes for a fast reopen, stops the background thread
+    /// and releases the directory lock. Handles still open get `Closed`. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some((stop, handle)) = self
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            drop(stop);
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+        let mut first_error = None;
+        for stream in self.streams().values() {
+            stream.notify.notify_waiters();
+            for p in stream.partitions().iter() {
+                if let Err(e) = p.log.close() {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self.groups().offsets.sync() {
+            first_error.get_or_insert(e);
+        }
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the native engine");
+        }
+    }
+}
+
+/// A random suffix for staging names.
+fn fastrand_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}

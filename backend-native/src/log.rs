@@ -1,0 +1,836 @@
+//! One partition's log: a chain of segment files with sparse indexes, an in-memory
+//! cache of recent batches for caught-up readers, group-committed syncs, retention,
+//! and recovery that truncates torn tails but reports damage in the middle.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tributary_core::{Error, ErrorKind, Record, Result, Timestamp};
+
+use crate::codec::{self, BatchHeader, DecodeError, DecodedRecord, HEADER_LEN};
+use crate::storage::{Storage, StorageFile, read_all, write_atomic};
+
+/// Bytes of records per batch the writer aims for: large writes are fast, but past
+/// 256 KiB per write() these machines slow down sharply.
+const BATCH_TARGET: usize = 256 * 1024;
+/// Bytes a reader asks for per read from disk.
+const READ_CHUNK: usize = 256 * 1024;
+const INDEX_MAGIC: [u8; 4] = *b"TRI\x01";
+const INDEX_HEADER_LEN: usize = 40;
+const INDEX_ENTRY_LEN: usize = 16;
+
+/// How a partition log is kept.
+#[derive(Debug, Clone)]
+pub(crate) struct LogConfig {
+    pub segment_bytes: u64,
+    pub segment_age: Option<Duration>,
+    pub max_batch_body: usize,
+    pub index_interval: u64,
+    pub cache_bytes: usize,
+    pub retention_bytes: Option<u64>,
+    pub retention: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    offset: u64,
+    position: u64,
+    /// The largest timestamp of every record before this position in the segment.
+    max_ts_before: i64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    size: u64,
+    next_offset: u64,
+    max_ts: i64,
+    index: Vec<IndexEntry>,
+    created: Instant,
+}
+
+impl Segment {
+    fn index_path(&self) -> PathBuf {
+        self.path.with_extension("idx")
+    }
+
+    /// Where to start reading to find `offset`: the last index entry at or before it.
+    fn position_for(&self, offset: u64) -> u64 {
+        let i = self.index.partition_point(|e| e.offset <= offset);
+        if i == 0 { 0 } else { self.index[i - 1].position }
+    }
+
+    fn index_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(INDEX_HEADER_LEN + self.index.len() * INDEX_ENTRY_LEN);
+        out.extend_from_slice(&INDEX_MAGIC);
+        out.extend_from_slice(&[0; 4]); // checksum, below
+        out.extend_from_slice(&u32::try_from(self.index.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.next_offset.to_le_bytes());
+        out.extend_from_slice(&self.max_ts.to_le_bytes());
+        for e in &self.index {
+            // Bounded: segments are at most 2 GiB and hold fewer than 2^32 records.
+            out.extend_from_slice(&((e.offset - self.base) as u32).to_le_bytes());
+            out.extend_from_slice(&(e.position as u32).to_le_bytes());
+            out.extend_from_slice(&e.max_ts_before.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out[8..]);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Loads the index saved for this segment, if it is intact and describes the file
+    /// as it is now (same size); otherwise the segment must be scanned.
+    fn load_index(&mut self, storage: &dyn Storage) -> bool {
+        let Ok(bytes) = read_all(storage, &self.index_path()) else {
+            return false;
+        };
+        let Some(parsed) = parse_index(&bytes, self.base) else {
+            return false;
+        };
+        if parsed.size != self.size {
+            return false;
+        }
+        self.next_offset = parsed.next_offset;
+        self.max_ts = parsed.max_ts;
+        self.index = parsed.entries;
+        true
+    }
+}
+
+struct ParsedIndex {
+    size: u64,
+    next_offset: u64,
+    max_ts: i64,
+    entries: Vec<IndexEntry>,
+}
+
+fn parse_index(bytes: &[u8], base: u64) -> Option<ParsedIndex> {
+    if bytes.len() < INDEX_HEADER_LEN || bytes[0..4] != INDEX_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
+    if crc != crc32c::crc32c(&bytes[8..]) {
+        return None;
+    }
+    let count = u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize;
+    if bytes.len() != INDEX_HEADER_LEN + count.checked_mul(INDEX_ENTRY_LEN)? {
+        return None;
+    }
+    let size = u64::from_le_bytes(bytes[16..24].try_into().ok()?);
+    let next_offset = u64::from_le_bytes(bytes[24..32].try_into().ok()?);
+    let max_ts = i64::from_le_bytes(bytes[32..40].try_into().ok()?);
+    let mut entries = Vec::with_capacity(count);
+    for chunk in bytes[INDEX_HEADER_LEN..].chunks_exact(INDEX_ENTRY_LEN) {
+        let rel = u32::from_le_bytes(chunk[0..4].try_into().ok()?);
+        let position = u32::from_le_bytes(chunk[4..8].try_into().ok()?);
+        let max_ts_before = i64::from_le_bytes(chunk[8..16].try_into().ok()?);
+        let entry = IndexEntry {
+            offset: base.checked_add(u64::from(rel))?,
+            position: u64::from(position),
+            max_ts_before,
+        };
+        if entries
+            .last()
+            .is_some_and(|p: &IndexEntry| p.offset >= entry.offset || p.position >= entry.position)
+        {
+            return None;
+        }
+        if entry.position >= size || entry.offset >= next_offset {
+            return None;
+        }
+        entries.push(entry);
+    }
+    Some(ParsedIndex {
+        size,
+        next_offset,
+        max_ts,
+        entries,
+    })
+}
+
+/// Decodes an index file for a segment based at `base`: `None` if it is damaged or
+/// inconsistent (then the engine rebuilds it from the log). Exposed for fuzzing.
+pub fn check_index(bytes: &[u8], base: u64) -> bool {
+    parse_index(bytes, base).is_some()
+}
+
+/// What recovery found when a partition was opened.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes of torn tail cut off the last segment.
+    pub truncated_bytes: u64,
+    /// Bytes verified by scanning (segments whose saved index did not match).
+    pub scanned_bytes: u64,
+    /// Damage found in the middle of the log: readable up to it, refused after.
+    pub damage: Option<String>,
+}
+
+#[derive(Debug)]
+struct Damage {
+    offset: u64,
+    message: String,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    segments: BTreeMap<u64, Segment>,
+    next_offset: u64,
+    /// Set after a failed write or sync: nothing more is acknowledged until reopen.
+    poisoned: Option<String>,
+    damage: Option<Damage>,
+    /// Recent batches, oldest first, for readers that are caught up.
+    cache: VecDeque<(BatchHeader, Bytes)>,
+    cache_bytes: usize,
+    dirty: bool,
+}
+
+/// One partition's log.
+#[derive(Debug)]
+pub(crate) struct PartitionLog {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    config: LogConfig,
+    inner: Mutex<Inner>,
+    /// Offset below which everything is durable. Its lock is also what makes syncs
+    /// group commits: one caller syncs, the others wait and find their data covered.
+    synced: Mutex<u64>,
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+fn corruption(path: &Path, position: u64, e: &DecodeError) -> Error {
+    Error::new(
+        ErrorKind::Corruption,
+        format!("{} at byte {position}: {e}", path.display()),
+    )
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("{what} {}: {e}", path.display())).with_source(e)
+}
+
+impl PartitionLog {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates an empty partition in `dir` (which must not exist yet).
+    pub fn create(dir: PathBuf, storage: Arc<dyn Storage>, config: LogConfig) -> Result<Self> {
+        storage
+            .create_dir_all(&dir)
+            .map_err(|e| io_error("creating", &dir, e))?;
+        let log = Self {
+            dir,
+            storage,
+            config,
+            inner: Mutex::new(Inner::default()),
+            synced: Mutex::new(0),
+        };
+        {
+            let mut inner = log.lock();
+            log.new_segment(&mut inner, 0)?;
+        }
+        Ok(log)
+    }
+
+    /// Opens the partition in `dir`, recovering from an unclean shutdown.
+    pub fn open(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        config: LogConfig,
+    ) -> Result<(Self, RecoveryReport)> {
+        let mut report = RecoveryReport::default();
+        let names = storage.list(&dir).map_err(|e| io_error("listing", &dir, e))?;
+        let mut bases: Vec<u64> = Vec::new();
+        for name in &names {
+            if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse().ok()) {
+                bases.push(base);
+            } else if name.ends_with(".tmp") {
+                let _ = storage.remove_file(&dir.join(name));
+            }
+        }
+        bases.sort_unstable();
+        let log = Self {
+            dir: dir.clone(),
+            storage: storage.clone(),
+            config,
+            inner: Mutex::new(Inner::default()),
+            synced: Mutex::new(0),
+        };
+        let mut inner = log.lock();
+        if bases.is_empty() {
+            log.new_segment(&mut inner, 0)?;
+            drop(inner);
+            return Ok((log, report));
+        }
+        let last = bases.len() - 1;
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(&dir, base);
+            let file = storage
+                .open(&path, false)
+                .map_err(|e| io_error("opening", &path, e))?;
+            let size = file.size().map_err(|e| io_error("reading", &path, e))?;
+            let mut segment = Segment {
+                base,
+                path,
+                file,
+                size,
+                next_offset: base,
+                max_ts: i64::MIN,
+                index: Vec::new(),
+                created: Instant::now(),
+            };
+            let expected_end = bases.get(i + 1).copied();
+            if inner.damage.is_none() && !segment.load_index(&*storage) {
+                report.scanned_bytes += segment.size;
+                log.scan(&mut segment, i == last, &mut report, &mut inner)?;
+            }
+            if let (Some(end), None) = (expected_end, &inner.damage)
+                && segment.next_offset != end
+            {
+                inner.damage = Some(Damage {
+                    offset: segment.next_offset.min(end),
+                    message: format!(
+                        "{} ends at offset {} but the next segment starts at {end}",
+                        segment.path.display(),
+                        segment.next_offset
+                    ),
+                });
+            }
+            inner.next_offset = segment.next_offset;
+            inner.segments.insert(base, segment);
+        }
+        if let Some(d) = &inner.damage {
+            report.damage = Some(d.message.clone());
+            tracing::error!(partition = %dir.display(), damage = %d.message, "log damaged: readable up to the damage, writes refused");
+        }
+        let next = inner.next_offset;
+        drop(inner);
+        *log.synced.lock().unwrap_or_else(PoisonError::into_inner) = next;
+        Ok((log, report))
+    }
+
+    /// Verifies a segment batch by batch, rebuilding its index. A bad batch with no
+    /// valid batch after it is a torn tail (cut off, if this is the last segment);
+    /// with valid batches after it, it is damage in the middle (reported, kept).
+    fn scan(
+        &self,
+        segment: &mut Segment,
+        is_last: bool,
+        report: &mut RecoveryReport,
+        inner: &mut Inner,
+    ) -> Result<()> {
+        let mut pos = 0u64;
+        let mut expected = segment.base;
+        let mut max_ts = i64::MIN;
+        let mut index = Vec::new();
+        let mut last_indexed: Option<u64> = None;
+        let mut failure = None;
+        while pos < segment.size {
+            match read_batch(&*segment.file, pos, segment.size, self.config.max_batch_body) {
+                Ok((header, _)) if header.base_offset == expected => {
+                    if last_indexed.is_none_or(|p| pos - p >= self.config.index_interval) {
+                        index.push(IndexEntry {
+                            offset: header.base_offset,
+                            position: pos,
+                            max_ts_before: max_ts,
+                        });
+                        last_indexed = Some(pos);
+                    }
+                    max_ts = max_ts.max(header.max_timestamp);
+                    expected = header.next_offset();
+                    pos += header.total_len() as u64;
+                }
+                Ok((header, _)) => {
+                    failure = Some(format!(
+                        "batch at byte {pos} has offset {} where {expected} was expected",
+                        header.base_offset
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        segment.index = index;
+        segment.next_offset = expected;
+        segment.max_ts = max_ts;
+        let Some(why) = failure else {
+            return Ok(());
+        };
+        if self.valid_batch_after(segment, pos, expected) || !is_last {
+            inner.damage = Some(Damage {
+                offset: expected,
+                message: format!("{} at byte {pos}: {why}", segment.path.display()),
+            });
+            return Ok(());
+        }
+        let cut = segment.size - pos;
+        tracing::warn!(segment = %segment.path.display(), position = pos, bytes = cut, reason = %why, "truncating torn tail");
+        segment
+            .file
+            .set_len(pos)
+            .map_err(|e| io_error("truncating", &segment.path, e))?;
+        segment
+            .file
+            .sync_data()
+            .map_err(|e| io_error("syncing", &segment.path, e))?;
+        segment.size = pos;
+        report.truncated_bytes += cut;
+        Ok(())
+    }
+
+    /// Whether a whole, valid batch with an offset at or past `expected` starts
+    /// anywhere after `pos`: then the damage at `pos` is not a torn tail.
+    fn valid_batch_after(&self, segment: &Segment, pos: u64, expected: u64) -> bool {
+        let mut at = pos + 1;
+        let mut buf = vec![0u8; READ_CHUNK];
+        while at + HEADER_LEN as u64 <= segment.size {
+            let Ok(n) = segment.file.read_at(&mut buf, at) else {
+                return false;
+            };
+            if n < HEADER_LEN {
+                return false;
+            }
+            for i in 0..=n - HEADER_LEN {
+                if buf[i..i + 4] == *b"TRB\x01" {
+                    let candidate = at + i as u64;
+                    if let Ok((h, _)) = read_batch(
+                        &*segment.file,
+                        candidate,
+                        segment.size,
+                        self.config.max_batch_body,
+                    ) && h.base_offset >= expected
+                    {
+                        return true;
+                    }
+                }
+            }
+            at += (n - HEADER_LEN + 1) as u64;
+        }
+        false
+    }
+
+    fn new_segment(&self, inner: &mut Inner, base: u64) -> Result<()> {
+        let path = segment_path(&self.dir, base);
+        let file = self
+            .storage
+            .open(&path, true)
+            .map_err(|e| io_error("creating", &path, e))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| io_error("syncing", &self.dir, e))?;
+        inner.segments.insert(
+            base,
+            Segment {
+                base,
+                path,
+                file,
+                size: 0,
+                next_offset: base,
+                max_ts: i64::MIN,
+                index: Vec::new(),
+                created: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Seals the active segment (data and index durable) and starts a new one.
+    fn roll(&self, inner: &mut Inner) -> Result<()> {
+        let next = inner.next_offset;
+        if let Some((_, active)) = inner.segments.iter().next_back() {
+            active
+                .file
+                .sync_data()
+                .map_err(|e| io_error("syncing", &active.path, e))?;
+            write_atomic(&*self.storage, &active.index_path(), &active.index_bytes())
+                .map_err(|e| io_error("writing the index of", &active.path, e))?;
+        }
+        self.new_segment(inner, next)
+    }
+
+    fn check_writable(inner: &Inner) -> Result<()> {
+        if let Some(why) = &inner.poisoned {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "the partition refuses writes after a failed write or sync ({why}); reopen the engine to recover"
+                ),
+            ));
+        }
+        if let Some(d) = &inner.damage {
+            return Err(Error::new(
+                ErrorKind::Corruption,
+                format!("the partition is damaged and takes no writes: {}", d.message),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends `records` (already checked against size limits) in batches of about
+    /// 256 KiB, and returns the offset of the first record. The data is written
+    /// (in the page cache) when this returns; call [`sync_to`](Self::sync_to) for more.
+    pub fn append(&self, records: &[Record], now: Timestamp) -> Result<u64> {
+        let mut inner = self.lock();
+        Self::check_writable(&inner)?;
+        let first = inner.next_offset;
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < records.len() && (end == start || bytes + records[end].encoded_len() <= BATCH_TARGET)
+            {
+                bytes += records[end].encoded_len() + 16;
+                end += 1;
+            }
+            self.append_batch(&mut inner, &records[start..end], now)?;
+            start = end;
+        }
+        Ok(first)
+    }
+
+    fn append_batch(&self, inner: &mut Inner, records: &[Record], now: Timestamp) -> Result<()> {
+        let needs_roll = inner.segments.values().next_back().is_some_and(|s| {
+            s.size >= self.config.segment_bytes
+                || (s.size > 0
+                    && self
+                        .config
+                        .segment_age
+                        .is_some_and(|age| s.created.elapsed() >= age))
+        });
+        if needs_roll && let Err(e) = self.roll(inner) {
+            inner.poisoned = Some(e.to_string());
+            return Err(e);
+        }
+        let base = inner.next_offset;
+        let mut buf =
+            BytesMut::with_capacity(HEADER_LEN + records.iter().map(|r| r.encoded_len() + 24).sum::<usize>());
+        let header = codec::encode_batch(&mut buf, base, records, now);
+        let bytes = buf.freeze();
+        let Some((_, active)) = inner.segments.iter_mut().next_back() else {
+            return Err(Error::new(ErrorKind::Backend, "a partition without a segment"));
+        };
+        if let Err(e) = active.file.write_all_at(&bytes, active.size) {
+            let err = io_error("writing", &active.path, e);
+            inner.poisoned = Some(err.to_string());
+            return Err(err);
+        }
+        let is_first = active.index.is_empty();
+        let since_index = active.index.last().map_or(u64::MAX, |e| active.size - e.position);
+        if is_first || since_index >= self.config.index_interval {
+            active.index.push(IndexEntry {
+                offset: base,
+                position: active.size,
+                max_ts_before: active.max_ts,
+            });
+        }
+        active.size += bytes.len() as u64;
+        active.max_ts = active.max_ts.max(header.max_timestamp);
+        active.next_offset = header.next_offset();
+        inner.next_offset = header.next_offset();
+        inner.dirty = true;
+        inner.cache_bytes += bytes.len();
+        inner.cache.push_back((header, bytes));
+        while inner.cache_bytes > self.config.cache_bytes && inner.cache.len() > 1 {
+            if let Some((_, old)) = inner.cache.pop_front() {
+                inner.cache_bytes -= old.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until everything below `target` is durable, syncing if no one else is.
+    /// Many callers share one sync (group commit). After a failed sync the partition
+    /// is poisoned and every caller gets the error; the sync is never retried.
+    pub fn sync_to(&self, target: u64) -> Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        if *synced >= target {
+            return Ok(());
+        }
+        let (file, path, upto) = {
+            let mut inner = self.lock();
+            if let Some(why) = &inner.poisoned {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("not durable: an earlier failure ({why})"),
+                ));
+            }
+            let Some((_, active)) = inner.segments.iter().next_back() else {
+                return Ok(());
+            };
+            let found = (active.file.clone(), active.path.clone(), inner.next_offset);
+            inner.dirty = false;
+            found
+        };
+        match file.sync_data() {
+            Ok(()) => {
+                *synced = upto;
+                Ok(())
+            }
+            Err(e) => {
+                let err = io_error("syncing", &path, e);
+                self.lock().poisoned = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Whether there are writes not yet synced.
+    pub fn is_dirty(&self) -> bool {
+        self.lock().dirty
+    }
+
+    /// The offset the next record gets.
+    pub fn next_offset(&self) -> u64 {
+        self.lock().next_offset
+    }
+
+    /// The offset of the oldest retained record (the next offset if empty).
+    pub fn low(&self) -> u64 {
+        let inner = self.lock();
+        inner.segments.keys().next().copied().unwrap_or(inner.next_offset)
+    }
+
+    /// Up to `max` records from offset `from` (moved up to the oldest retained record
+    /// if retention removed it). Empty at the end of the log.
+    pub fn read(&self, from: u64, max: usize) -> Result<Vec<DecodedRecord>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let (cached, disk) = {
+            let inner = self.lock();
+            let low = inner.segments.keys().next().copied().unwrap_or(inner.next_offset);
+            let from = from.max(low);
+            if let Some(d) = &inner.damage
+                && from >= d.offset
+            {
+                return Err(Error::new(ErrorKind::Corruption, d.message.clone()));
+            }
+            if from >= inner.next_offset {
+                return Ok(Vec::new());
+            }
+            let cache_start = inner.cache.front().map_or(u64::MAX, |(h, _)| h.base_offset);
+            if from >= cache_start {
+                let batches: Vec<(BatchHeader, Bytes)> = inner
+                    .cache
+                    .iter()
+                    .filter(|(h, _)| h.next_offset() > from)
+                    .scan(0usize, |taken, (h, b)| {
+                        (*taken < max).then(|| {
+                            *taken += h.record_count as usize;
+                            (*h, b.clone())
+                        })
+                    })
+                    .collect();
+                (Some((from, batches)), None)
+            } else {
+                let Some((_, segment)) = inner.segments.range(..=from).next_back() else {
+                    return Ok(Vec::new());
+                };
+                let limit = inner.damage.as_ref().map_or(u64::MAX, |d| d.offset);
+                (
+                    None,
+                    Some((
+                        from,
+                        segment.file.clone(),
+                        segment.path.clone(),
+                        segment.position_for(from),
+                        segment.size,
+                        limit,
+                    )),
+                )
+            }
+        };
+        if let Some((from, batches)) = cached {
+            let mut out = Vec::new();
+            for (h, b) in batches {
+                let records = codec::decode_records(&h, &b, from)
+                    .map_err(|e| Error::new(ErrorKind::Corruption, format!("cached batch: {e}")))?;
+                out.extend(records);
+            }
+            out.truncate(max);
+            return Ok(out);
+        }
+        let Some((from, file, path, mut pos, size, limit)) = disk else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        while out.len() < max && pos < size {
+            let want = READ_CHUNK.min((size - pos) as usize);
+            let mut buf = vec![0u8; want];
+            let n = file
+                .read_at(&mut buf, pos)
+                .map_err(|e| io_error("reading", &path, e))?;
+            buf.truncate(n);
+            let chunk = Bytes::from(buf);
+            let mut at = 0usize;
+            while out.len() < max && at < chunk.len() {
+                let header = match codec::decode_header(&chunk[at..], self.config.max_batch_body) {
+                    Ok(h) => h,
+                    Err(DecodeError::Truncated { .. }) if at > 0 => break,
+                    Err(e) => return Err(corruption(&path, pos + at as u64, &e)),
+                };
+                if at + header.total_len() > chunk.len() {
+                    if at > 0 {
+                        break;
+                    }
+                    // One batch larger than a chunk: read it whole.
+                    let (h, whole) = read_batch(&*file, pos, size, self.config.max_batch_body)
+                        .map_err(|e| corruption(&path, pos, &e))?;
+                    if h.base_offset >= limit {
+                        return Ok(out);
+                    }
+                    out.extend(
+                        codec::decode_records(&h, &whole, from).map_err(|e| corruption(&path, pos, &e))?,
+                    );
+                    at = h.total_len();
+                    break;
+                }
+                if header.base_offset >= limit {
+                    return Ok(out);
+                }
+                let batch = chunk.slice(at..at + header.total_len());
+                if header.next_offset() > from {
+                    let records = codec::decode_records(&header, &batch, from)
+                        .map_err(|e| corruption(&path, pos + at as u64, &e))?;
+                    out.extend(records);
+                }
+                at += header.total_len();
+            }
+            if at == 0 {
+                break;
+            }
+            pos += at as u64;
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+
+    /// The offset of the first record whose timestamp is at least `t`, or the next
+    /// offset if there is none.
+    pub fn offset_for_timestamp(&self, t: Timestamp) -> Result<u64> {
+        let t = t.as_millis();
+        let candidate = {
+            let inner = self.lock();
+            let found = inner.segments.values().find(|s| s.max_ts >= t).map(|s| {
+                let i = s.index.partition_point(|e| e.max_ts_before < t);
+
+                if i == 0 { s.base } else { s.index[i - 1].offset }
+            });
+            match found {
+                Some(start) => start,
+                None => return Ok(inner.next_offset),
+            }
+        };
+        let mut from = candidate;
+        loop {
+            let records = self.read(from, 1024)?;
+            let Some(last) = records.last() else {
+                return Ok(self.next_offset());
+            };
+            if let Some(r) = records.iter().find(|r| r.timestamp.as_millis() >= t) {
+                return Ok(r.offset);
+            }
+            from = last.offset + 1;
+        }
+    }
+
+    /// Deletes whole segments (never the active one) beyond the size or age limits.
+    pub fn enforce_retention(&self, now: Timestamp) -> Result<u64> {
+        let mut removed = 0;
+        loop {
+            let victim = {
+                let inner = self.lock();
+                if inner.segments.len() < 2 {
+                    return Ok(removed);
+                }
+                let total: u64 = inner.segments.values().map(|s| s.size).sum();
+                let Some((_, first)) = inner.segments.iter().next() else {
+                    return Ok(removed);
+                };
+                let too_big = self.config.retention_bytes.is_some_and(|max| total > max);
+                let too_old = self
+                    .config
+                    .retention
+                    .is_some_and(|age| first.max_ts < now.saturating_sub(age).as_millis());
+                if !(too_big || too_old) {
+                    return Ok(removed);
+                }
+                first.base
+            };
+            let mut inner = self.lock();
+            if let Some(segment) = inner.segments.remove(&victim) {
+                inner.cache.retain(|(h, _)| h.base_offset >= segment.next_offset);
+                inner.cache_bytes = inner.cache.iter().map(|(_, b)| b.len()).sum();
+                drop(inner);
+                let _ = self.storage.remove_file(&segment.index_path());
+                self.storage
+                    .remove_file(&segment.path)
+                    .map_err(|e| io_error("removing", &segment.path, e))?;
+                removed += 1;
+            }
+        }
+    }
+
+    /// Makes the log durable and saves the active segment's index, so the next open
+    /// needs no scan. Called on clean shutdown.
+    pub fn close(&self) -> Result<()> {
+        let inner = self.lock();
+        if inner.poisoned.is_some() || inner.damage.is_some() {
+            return Ok(());
+        }
+        if let Some((_, active)) = inner.segments.iter().next_back() {
+            active
+                .file
+                .sync_data()
+                .map_err(|e| io_error("syncing", &active.path, e))?;
+            write_atomic(&*self.storage, &active.index_path(), &active.index_bytes())
+                .map_err(|e| io_error("writing the index of", &active.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks one whole batch at `pos` of a file `size` bytes long.
+fn read_batch(
+    file: &dyn StorageFile,
+    pos: u64,
+    size: u64,
+    max_body: usize,
+) -> Result<(BatchHeader, Bytes), DecodeError> {
+    let mut head = [0u8; HEADER_LEN];
+    let available = size.saturating_sub(pos);
+    if available < HEADER_LEN as u64 {
+        return Err(DecodeError::Truncated { need: HEADER_LEN });
+    }
+    match file.read_at(&mut head, pos) {
+        Ok(n) if n == HEADER_LEN => {}
+        _ => return Err(DecodeError::Truncated { need: HEADER_LEN }),
+    }
+    let header = codec::decode_header(&head, max_body)?;
+    if (header.total_len() as u64) > available {
+        return Err(DecodeError::Truncated {
+            need: header.total_len(),
+        });
+    }
+    let mut buf = vec![0u8; header.total_len()];
+    match file.read_at(&mut buf, pos) {
+        Ok(n) if n == buf.len() => {}
+        _ => return Err(DecodeError::Truncated { need: buf.len() }),
+    }
+    let bytes = Bytes::from(buf);
+    codec::check_body(&header, &bytes)?;
+    Ok((header, bytes))
+}

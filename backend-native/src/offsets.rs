@@ -1,0 +1,192 @@
+//! Group commits, persisted in one engine-wide log of batches (the same format as
+//! partitions): each commit appends `(group, stream, partition) → next offset`; a
+//! deleted stream's commits are dropped by a tombstone. The log is rewritten compactly
+//! when it grows, and replayed at open (a torn tail is cut off).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tributary_core::{Error, ErrorKind, Record, Result, Timestamp};
+
+use crate::codec::{self, HEADER_LEN};
+use crate::storage::{Storage, StorageFile, write_atomic};
+
+/// Rewrite the log once it is this large.
+const COMPACT_AT: u64 = 16 * 1024 * 1024;
+/// A stream's commits, by group, then partition.
+pub(crate) type StreamCommits = BTreeMap<String, BTreeMap<u32, u64>>;
+
+#[derive(Debug)]
+pub(crate) struct OffsetStore {
+    path: PathBuf,
+    storage: Arc<dyn Storage>,
+    file: Arc<dyn StorageFile>,
+    size: u64,
+    sync: bool,
+    /// stream → group → partition → next offset.
+    state: BTreeMap<String, StreamCommits>,
+}
+
+fn key(group: &str, stream: &str, partition: Option<u32>) -> Bytes {
+    let p = partition.map_or(String::new(), |p| p.to_string());
+    Bytes::from(format!("{group}\0{stream}\0{p}"))
+}
+
+impl OffsetStore {
+    /// Opens (or creates) the log at `path` and replays it.
+    pub fn open(path: PathBuf, storage: Arc<dyn Storage>, sync: bool) -> Result<Self> {
+        let io =
+            |e: std::io::Error| Error::new(ErrorKind::Io, format!("offsets log {}: {e}", path.display()));
+        let file = storage.open(&path, true).map_err(io)?;
+        let len = file.size().map_err(io)?;
+        let mut buf =
+            vec![0u8; usize::try_from(len).map_err(|_| Error::new(ErrorKind::Io, "offsets log too large"))?];
+        let n = file.read_at(&mut buf, 0).map_err(io)?;
+        buf.truncate(n);
+        let bytes = Bytes::from(buf);
+        let mut state: BTreeMap<String, StreamCommits> = BTreeMap::new();
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let Ok(header) = codec::decode_header(&bytes[pos..], 1 << 24) else {
+                break;
+            };
+            let end = pos + header.total_len();
+            if end > bytes.len() {
+                break;
+            }
+            let Ok(records) = codec::decode_records(&header, &bytes.slice(pos..end), 0) else {
+                break;
+            };
+            for r in records {
+                apply(&mut state, &r.key.unwrap_or_default(), &r.value);
+            }
+            pos = end;
+        }
+        if (pos as u64) < len {
+            tracing::warn!(path = %path.display(), cut = len - pos as u64, "truncating the torn tail of the offsets log");
+            file.set_len(pos as u64).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
+        Ok(Self {
+            path,
+            storage,
+            file,
+            size: pos as u64,
+            sync,
+            state,
+        })
+    }
+
+    /// The commits of every group of `stream`.
+    pub fn stream(&self, stream: &str) -> StreamCommits {
+        self.state.get(stream).cloned().unwrap_or_default()
+    }
+
+    /// Persists commits of `group` on `stream`: `(partition, next offset)`.
+    pub fn commit(&mut self, group: &str, stream: &str, commits: &[(u32, u64)]) -> Result<()> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = commits
+            .iter()
+            .map(|(p, next)| {
+                let mut r = Record::new(Bytes::copy_from_slice(&next.to_le_bytes()));
+                r.key = Some(key(group, stream, Some(*p)));
+                r
+            })
+            .collect();
+        self.append(&records)?;
+        for (p, next) in commits {
+            let slot = self
+                .state
+                .entry(stream.to_owned())
+                .or_default()
+                .entry(group.to_owned())
+                .or_default()
+                .entry(*p)
+                .or_insert(0);
+            *slot = (*slot).max(*next);
+        }
+        Ok(())
+    }
+
+    /// Forgets every commit on `stream` (it was deleted).
+    pub fn drop_stream(&mut self, stream: &str) -> Result<()> {
+        if self.state.remove(stream).is_none() {
+            return Ok(());
+        }
+        let mut r = Record::new(Bytes::new());
+        r.key = Some(key("", stream, None));
+        self.append(&[r])
+    }
+
+    fn append(&mut self, records: &[Record]) -> Result<()> {
+        let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("offsets log: {e}"));
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + records.len() * 64);
+        codec::encode_batch(&mut buf, 0, records, Timestamp::now());
+        self.file.write_all_at(&buf, self.size).map_err(io)?;
+        self.size += buf.len() as u64;
+        if self.sync {
+            self.file.sync_data().map_err(io)?;
+        }
+        if self.size > COMPACT_AT {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log as one batch of the current commits.
+    fn compact(&mut self) -> Result<()> {
+        let mut records = Vec::new();
+        for (stream, groups) in &self.state {
+            for (group, partitions) in groups {
+                for (p, next) in partitions {
+                    let mut r = Record::new(Bytes::copy_from_slice(&next.to_le_bytes()));
+                    r.key = Some(key(group, stream, Some(*p)));
+                    records.push(r);
+                }
+            }
+        }
+        let mut buf = BytesMut::new();
+        if !records.is_empty() {
+            codec::encode_batch(&mut buf, 0, &records, Timestamp::now());
+        }
+        let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("compacting the offsets log: {e}"));
+        write_atomic(&*self.storage, &self.path, &buf).map_err(io)?;
+        self.file = self.storage.open(&self.path, false).map_err(io)?;
+        self.size = buf.len() as u64;
+        Ok(())
+    }
+
+    /// Makes every commit durable.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("offsets log: {e}")))
+    }
+}
+
+fn apply(state: &mut BTreeMap<String, StreamCommits>, key: &[u8], value: &[u8]) {
+    let text = String::from_utf8_lossy(key);
+    let mut parts = text.split('\0');
+    let (Some(group), Some(stream), Some(partition)) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
+    if partition.is_empty() {
+        state.remove(stream);
+        return;
+    }
+    let (Ok(p), Ok(bytes)) = (partition.parse::<u32>(), <[u8; 8]>::try_from(value)) else {
+        return;
+    };
+    let slot = state
+        .entry(stream.to_owned())
+        .or_default()
+        .entry(group.to_owned())
+        .or_default()
+        .entry(p)
+        .or_insert(0);
+    *slot = (*slot).max(u64::from_le_bytes(bytes));
+}
