@@ -1,5 +1,7 @@
-//! Produce and consume on the default engine: create a stream, send keyed records,
-//! read them as a consumer group, acknowledge and commit.
+//! Produce and consume on the default engine, the embedded native log: create a
+//! stream, send keyed records, read them as a consumer group, acknowledge and commit.
+//! The data lives in `./tributary-data` (or `$TRIBUTARY_DATA_DIR`): run it again and
+//! the group resumes after what it committed the first time.
 //!
 //! Run: `cargo run --example quickstart`
 
@@ -9,7 +11,11 @@ use tributary::{Client, ConsumerConfig, ProducerExt, Record, StreamSpec};
 
 #[tokio::main]
 async fn main() -> tributary::Result<()> {
-    let client = Client::from_url("memory://").await?;
+    let client = Client::from_url("native://").await?;
+    println!(
+        "data directory: {}",
+        tributary::NativeConfig::default().path.display()
+    );
     client
         .ensure_stream(&StreamSpec::new("orders").with_partitions(3))
         .await?;
@@ -29,7 +35,14 @@ async fn main() -> tributary::Result<()> {
         .await?;
     let mut processed = 0;
     while processed < 5 {
-        for record in consumer.poll(100, Duration::from_secs(1)).await? {
+        let batch = consumer.poll(100, Duration::from_secs(5)).await?;
+        if batch.is_empty() {
+            return Err(tributary::Error::new(
+                tributary::ErrorKind::Timeout,
+                "the orders did not arrive",
+            ));
+        }
+        for record in batch {
             println!(
                 "billing read {:?} (key {:?}, partition {}, offset {})",
                 String::from_utf8_lossy(&record.value),
@@ -44,6 +57,6 @@ async fn main() -> tributary::Result<()> {
     }
     consumer.close().await?;
     producer.close().await?;
-    println!("processed {processed} orders and committed them");
+    println!("processed {processed} new orders and committed them; run again to see the group resume");
     Ok(())
 }

@@ -17,13 +17,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the engine `config` describes.
+    /// Connects to the engine `config` describes. Opening a native engine reads its
+    /// data directory (and recovers it after a crash) before this returns.
     ///
     /// # Errors
-    /// `InvalidConfig` for bad settings, or the engine's connection error. Cancel safe.
+    /// `InvalidConfig` for bad settings, or the engine's connection or open error.
+    /// Cancel safe.
     pub async fn connect(config: Config) -> Result<Self> {
         let backend: Arc<dyn Backend> = match config {
             Config::Memory(c) => Arc::new(MemoryBackend::new(c)?),
+            #[cfg(feature = "native")]
+            Config::Native(c) => Arc::new(tributary_native::NativeBackend::open(c)?),
         };
         Ok(Self { backend })
     }

@@ -18,6 +18,9 @@ use tributary_core::{BackendUrl, Error, MemoryConfig, Result, describe_config_er
 pub enum Config {
     /// The in-memory engine (`memory://`), always compiled in.
     Memory(MemoryConfig),
+    /// The embedded durable log (`native:///path`), feature `native` (default).
+    #[cfg(feature = "native")]
+    Native(tributary_native::NativeConfig),
 }
 
 /// Whether this build of Tributary can use a URL scheme.
@@ -41,12 +44,12 @@ const SCHEMES: &[(&str, Option<&str>)] = &[
 
 /// Schemes whose backend is compiled in.
 fn compiled(scheme: &str) -> bool {
-    scheme == "memory"
+    scheme == "memory" || (scheme == "native" && cfg!(feature = "native"))
 }
 
 /// Features that exist in this version's Cargo.toml.
-fn feature_exists(_feature: &str) -> bool {
-    false
+fn feature_exists(feature: &str) -> bool {
+    feature == "native"
 }
 
 /// How this build supports `scheme`; `None` for a scheme Tributary does not know.
@@ -96,6 +99,8 @@ impl Config {
         let parsed = BackendUrl::parse(url)?;
         match parsed.scheme.as_str() {
             "memory" => Ok(Self::Memory(MemoryConfig::from_url(&parsed)?)),
+            #[cfg(feature = "native")]
+            "native" => Ok(Self::Native(tributary_native::NativeConfig::from_url(&parsed)?)),
             other => Err(unusable(other)),
         }
     }
@@ -125,6 +130,8 @@ impl Config {
         };
         let config = match backend.as_str() {
             "memory" => Self::Memory(backend_settings(&backend, table)?),
+            #[cfg(feature = "native")]
+            "native" => Self::Native(backend_settings(&backend, table)?),
             other => return Err(unusable(other)),
         };
         config.validate()?;
@@ -166,12 +173,16 @@ impl Config {
     pub fn backend_name(&self) -> &'static str {
         match self {
             Self::Memory(_) => "memory",
+            #[cfg(feature = "native")]
+            Self::Native(_) => "native",
         }
     }
 
     fn validate(&self) -> Result<()> {
         match self {
             Self::Memory(c) => c.validate(),
+            #[cfg(feature = "native")]
+            Self::Native(c) => c.validate(),
         }
     }
 }

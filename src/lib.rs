@@ -6,3 +6,6 @@ mod config;
 pub use client::Client;
 pub use config::{Config, SchemeSupport, scheme_support};
 pub use tributary_core::*;
+/// The native engine's own settings and handle (feature `native`).
+#[cfg(feature = "native")]
+pub use tributary_native::{Durability, NativeBackend, NativeConfig};
