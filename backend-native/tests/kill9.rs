@@ -50,7 +50,7 @@ fn child(dir: &str, cycle: u64) {
             seq += n;
             // Paced now and then, so each cycle adds a bounded amount for the parent to
             // check, while most kills still land inside a send.
-            if seq % 8 == 0 {
+            if seq.is_multiple_of(8) {
                 tokio::time::sleep(Duration::from_micros(fastrand::u64(..500))).await;
             }
         }
