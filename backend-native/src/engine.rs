@@ -24,7 +24,7 @@ use tributary_core::{Error, ErrorKind, Result, Timestamp, validate_stream_name};
 use crate::config::{Durability, NativeConfig};
 use crate::log::{LogConfig, PartitionLog, RecoveryReport};
 use crate::offsets::OffsetStore;
-use crate::storage::{Storage, read_all, write_atomic};
+use crate::storage::{Storage, create_dir_durable, read_all, write_atomic};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StreamMeta {
@@ -115,8 +115,7 @@ impl Engine {
     pub fn open(config: NativeConfig, storage: Arc<dyn Storage>) -> Result<Arc<Self>> {
         config.validate()?;
         let root = config.path.clone();
-        storage
-            .create_dir_all(&root)
+        create_dir_durable(&*storage, &root)
             .map_err(|e| io_error("creating the data directory", &root, e))?;
         let lock = storage.lock(&root.join("LOCK")).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
@@ -132,8 +131,7 @@ impl Engine {
             }
         })?;
         for dir in ["streams", "offsets", "staging"] {
-            storage
-                .create_dir_all(&root.join(dir))
+            create_dir_durable(&*storage, &root.join(dir))
                 .map_err(|e| io_error("creating", &root.join(dir), e))?;
         }
         let staging = root.join("staging");

@@ -40,6 +40,9 @@ impl OffsetStore {
         let io =
             |e: std::io::Error| Error::new(ErrorKind::Io, format!("offsets log {}: {e}", path.display()));
         let file = storage.open(&path, true).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            storage.sync_dir(dir).map_err(io)?;
+        }
         let len = file.size().map_err(io)?;
         let mut buf =
             vec![0u8; usize::try_from(len).map_err(|_| Error::new(ErrorKind::Io, "offsets log too large"))?];

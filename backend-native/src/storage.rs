@@ -104,6 +104,37 @@ pub fn read_all(storage: &dyn Storage, path: &Path) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Creates `path` and any missing parents so that they survive power loss: every
+/// directory that gained an entry is synced.
+///
+/// # Errors
+/// The system's error.
+pub fn create_dir_durable(storage: &dyn Storage, path: &Path) -> io::Result<()> {
+    let mut existing = path;
+    while !storage.exists(existing) {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => break,
+        }
+    }
+    storage.create_dir_all(path)?;
+    let mut dir = path.to_path_buf();
+    let mut to_sync = vec![dir.clone()];
+    while dir.as_path() != existing {
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => {
+                dir = parent.to_path_buf();
+                to_sync.push(dir.clone());
+            }
+            _ => break,
+        }
+    }
+    for d in to_sync {
+        storage.sync_dir(&d)?;
+    }
+    Ok(())
+}
+
 /// Replaces `path` with `contents` atomically and durably: write a temporary file,
 /// sync it, rename it over `path`, sync the directory.
 ///
