@@ -292,47 +292,51 @@ impl NativeConsumer {
         }
     }
 
-    fn initial(&self) -> Result<Vec<u64>> {
-        self.stream
-            .partitions()
-            .iter()
-            .map(|p| {
-                if p.created > self.created {
-                    Ok(p.log.low())
-                } else {
-                    resolve(&p.log, &self.start)
-                }
-            })
-            .collect()
-    }
-
+    /// Brings the assignment up to date (see `tributary_core::group::GroupState::sync`),
+    /// persisting every commit it makes; a broadcast reader just adds partitions
+    /// created since it last looked.
     fn sync(&mut self) -> Result<Option<Instant>> {
-        let initial = self.initial()?;
-        let partitions = u32::try_from(initial.len()).unwrap_or(u32::MAX);
+        let stream = self.stream.clone();
+        let parts = stream.partitions();
+        let partitions = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        // Resolved only for partitions being taken. Partitions created after this
+        // consumer started are read from their start: every record in them is new to it.
+        let (created, start) = (self.created, &self.start);
+        let initial = |p: u32| {
+            let part = &parts[p as usize];
+            if part.created > created {
+                Ok(part.log.low())
+            } else {
+                resolve(&part.log, start)
+            }
+        };
         let Some((group, id)) = &self.member else {
             for p in 0..partitions {
-                self.cursors.positions.entry(p).or_insert(initial[p as usize]);
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.cursors.positions.entry(p) {
+                    slot.insert(initial(p)?);
+                }
             }
             return Ok(None);
         };
         let mut groups = self.engine.groups();
-        let outcome = groups.state(group, &self.stream.name).sync(
+        let outcome = groups.state(group, &stream.name).sync(
             *id,
             &mut self.cursors,
             partitions,
-            |p| initial[p as usize],
+            initial,
             Instant::now(),
             self.engine.config.session_timeout,
         );
-        let persisted = groups
-            .offsets
-            .commit(group, &self.stream.name, &outcome.committed);
+        let persisted = groups.offsets.commit(group, &stream.name, &outcome.committed);
         drop(groups);
         if outcome.changed {
-            self.stream.notify.notify_waiters();
+            stream.notify.notify_waiters();
         }
         persisted?;
-        Ok(outcome.look_again)
+        match outcome.error {
+            Some(e) => Err(e),
+            None => Ok(outcome.look_again),
+        }
     }
 
     fn read(&mut self, max: usize) -> Result<Vec<Received>> {
@@ -410,7 +414,10 @@ impl NativeConsumer {
 impl Consumer for NativeConsumer {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Received>> {
         self.check_live()?;
-        let deadline = tokio::time::Instant::now() + timeout;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tributary_core::deadline_after(timeout);
         let heartbeat = self.engine.config.session_timeout / 3;
         let stream = self.stream.clone();
         loop {

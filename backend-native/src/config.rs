@@ -151,8 +151,10 @@ impl NativeConfig {
         if self.group_commit_interval.is_zero() {
             return bad("group_commit_interval must be above zero".into());
         }
-        if self.session_timeout.is_zero() {
-            return bad("session_timeout must be above zero".into());
+        if self.session_timeout.is_zero()
+            || self.session_timeout > tributary_core::memory::MAX_SESSION_TIMEOUT
+        {
+            return bad("session_timeout must be above zero and at most one day".into());
         }
         Ok(())
     }

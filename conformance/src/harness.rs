@@ -18,6 +18,10 @@ pub struct Timing {
     pub quiet: Duration,
     /// One poll's wait while several members are polled in turn.
     pub poll: Duration,
+    /// How long the engine takes to notice a member that vanished without closing
+    /// (Kafka's session timeout, a Kinesis lease's failover time); 0 when it learns at
+    /// once, as in-process engines do.
+    pub failover: Duration,
 }
 
 impl Default for Timing {
@@ -26,6 +30,7 @@ impl Default for Timing {
             settle: Duration::from_secs(10),
             quiet: Duration::from_millis(300),
             poll: Duration::from_millis(20),
+            failover: Duration::ZERO,
         }
     }
 }

@@ -252,6 +252,7 @@ pub async fn explicit_partition_is_honoured(ctx: Ctx) -> Result<Outcome> {
     }
     let mut consumer = ctx.broadcast(&stream, StartFrom::Earliest).await?;
     let got = drain(&mut *consumer, partitions.len(), ctx.timing.settle).await?;
+    assert_eq!(got.len(), partitions.len(), "one record per partition arrives");
     for r in &got {
         assert_eq!(String::from_utf8_lossy(&r.value), format!("to-{}", r.partition));
     }
@@ -375,11 +376,13 @@ pub async fn member_joining_takes_partitions_nothing_lost(ctx: Ctx) -> Result<Ou
     assert!(!members.consumers[1].assignment().is_empty());
     ctx.send(&*producer, &stream, batch(40)).await?;
     members.drain(60, ctx.timing.settle, ctx.timing.quiet).await?;
-    let mut got: Vec<String> = members.received.iter().flat_map(|r| texts(r)).collect();
-    got.sort();
-    let mut want: Vec<String> = (0..60).map(|i| format!("v{i}")).collect();
-    want.sort();
-    assert_eq!(got, want, "all 60 exactly once");
+    let got: BTreeSet<String> = members.received.iter().flat_map(|r| texts(r)).collect();
+    let want: BTreeSet<String> = (0..60).map(|i| format!("v{i}")).collect();
+    assert_eq!(got, want, "all 60 arrive");
+    eprintln!(
+        "member_joining: {} redelivered during handoffs",
+        members.duplicates()
+    );
     members.close_all().await?;
     Ok(Outcome::Passed)
 }
@@ -415,10 +418,8 @@ pub async fn revoked_partitions_commit_acknowledged_records(ctx: Ctx) -> Result<
     );
     members.close_all().await?;
     let mut after = ctx.member(&stream, &group).await?;
-    assert!(
-        drain_quiet(&mut *after, ctx.timing.quiet).await?.is_empty(),
-        "close committed the rest"
-    );
+    // Close committed the rest: a new member's first record is one sent afterwards.
+    ctx.expect_nothing_before_sentinel(&mut *after, &stream).await?;
     after.close().await?;
     Ok(Outcome::Passed)
 }
@@ -467,7 +468,7 @@ pub async fn dropped_member_uncommitted_records_redelivered(ctx: Ctx) -> Result<
     first.commit().await?;
     drop(first); // a crash: records 5..10 were read but never acknowledged
     let mut next = ctx.member(&stream, &group).await?;
-    let again = drain(&mut *next, 5, ctx.timing.settle).await?;
+    let again = drain(&mut *next, 5, ctx.timing.settle + ctx.timing.failover).await?;
     assert_eq!(
         texts(&again),
         sent[5..].to_vec(),
@@ -613,12 +614,10 @@ pub async fn producer_close_keeps_acknowledged_records(ctx: Ctx) -> Result<Outco
     assert_eq!(err.kind(), ErrorKind::Closed);
     assert_eq!(err.unsent.len(), 1, "the refused record is handed back");
     let mut consumer = ctx.broadcast(&stream, StartFrom::Earliest).await?;
-    let got = drain_quiet(&mut *consumer, ctx.timing.quiet.max(Duration::from_secs(1))).await?;
-    assert_eq!(
-        texts(&got),
-        sent,
-        "every acknowledged record, nothing after close"
-    );
+    let got = drain(&mut *consumer, sent.len(), ctx.timing.settle).await?;
+    assert_eq!(texts(&got), sent, "every acknowledged record");
+    ctx.expect_nothing_before_sentinel(&mut *consumer, &stream)
+        .await?;
     Ok(Outcome::Passed)
 }
 
@@ -631,13 +630,15 @@ pub async fn streams_are_isolated(ctx: Ctx) -> Result<Outcome> {
     let mut c1 = ctx.broadcast(&one, StartFrom::Earliest).await?;
     let mut c2 = ctx.broadcast(&two, StartFrom::Earliest).await?;
     assert_eq!(
-        texts(&drain_quiet(&mut *c1, ctx.timing.quiet.max(Duration::from_secs(1))).await?),
+        texts(&drain(&mut *c1, 3, ctx.timing.settle).await?),
         values("one", 3)
     );
+    ctx.expect_nothing_before_sentinel(&mut *c1, &one).await?;
     assert_eq!(
-        texts(&drain_quiet(&mut *c2, ctx.timing.quiet.max(Duration::from_secs(1))).await?),
+        texts(&drain(&mut *c2, 4, ctx.timing.settle).await?),
         values("two", 4)
     );
+    ctx.expect_nothing_before_sentinel(&mut *c2, &two).await?;
     Ok(Outcome::Passed)
 }
 
@@ -648,13 +649,10 @@ pub async fn start_earliest_and_latest(ctx: Ctx) -> Result<Outcome> {
     let mut earliest = ctx.broadcast(&stream, StartFrom::Earliest).await?;
     let mut latest = ctx.broadcast(&stream, StartFrom::Latest).await?;
     assert_eq!(drain(&mut *earliest, 5, ctx.timing.settle).await?.len(), 5);
-    assert!(
-        latest.poll(10, ctx.timing.quiet).await?.is_empty(),
-        "latest skips what was there"
-    );
+    // Latest is checked below: the first record it reads is the one sent next.
     ctx.send_values(&stream, Some("k"), &["new".to_string()]).await?;
     let got = drain(&mut *latest, 1, ctx.timing.settle).await?;
-    assert_eq!(texts(&got), ["new"]);
+    assert_eq!(texts(&got), ["new"], "latest skips what was there before it");
     assert_eq!(
         texts(&drain(&mut *earliest, 1, ctx.timing.settle).await?),
         ["new"]
@@ -721,10 +719,8 @@ pub async fn start_from_timestamp(ctx: Ctx) -> Result<Outcome> {
     assert_eq!(texts(&got), ["t3", "t4", "t5"]);
     let future = Timestamp::now().saturating_add(Duration::from_secs(3600));
     let mut none = ctx.broadcast(&stream, StartFrom::Timestamp(future)).await?;
-    assert!(
-        none.poll(10, ctx.timing.quiet).await?.is_empty(),
-        "a future time starts at the end"
-    );
+    // A future time starts at the end.
+    ctx.expect_nothing_before_sentinel(&mut *none, &stream).await?;
     Ok(Outcome::Passed)
 }
 
@@ -754,7 +750,7 @@ pub async fn seek_rewinds_and_skips(ctx: Ctx) -> Result<Outcome> {
     );
     reader.seek(&p, StartFrom::Earliest).await?;
     reader.seek(&p, StartFrom::Latest).await?;
-    assert!(reader.poll(10, ctx.timing.quiet).await?.is_empty(), "at the end");
+    ctx.expect_nothing_before_sentinel(&mut *reader, &stream).await?;
     let missing = PartitionId::new("999999");
     let err = reader
         .seek(&missing, StartFrom::Earliest)
@@ -957,6 +953,12 @@ pub async fn describe_reports_partitions(ctx: Ctx) -> Result<Outcome> {
         .iter()
         .find(|p| p.id == target)
         .expect("the target partition");
+    if part.id.index().is_some() {
+        assert!(
+            part.high.is_some() && part.low.is_some(),
+            "numbered partitions report their bounds"
+        );
+    }
     if let Some(high) = &part.high {
         assert!(high > &deliveries[4].offset, "high is past the last record");
     }
@@ -981,14 +983,22 @@ pub async fn delete_removes_stream_and_records(ctx: Ctx) -> Result<Outcome> {
         admin.describe_stream(&stream).await.expect_err("gone").kind(),
         ErrorKind::NotFound
     );
-    admin
-        .create_stream(&StreamSpec::new(&stream).with_partitions(1))
-        .await?;
+    // Engines may finish a deletion in the background: retry the create meanwhile.
+    let deadline = Instant::now() + ctx.timing.settle;
+    loop {
+        match admin
+            .create_stream(&StreamSpec::new(&stream).with_partitions(1))
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other?,
+        }
+    }
     let mut reader = ctx.broadcast(&stream, StartFrom::Earliest).await?;
-    assert!(
-        drain_quiet(&mut *reader, ctx.timing.quiet).await?.is_empty(),
-        "the new stream is empty"
-    );
+    // The new stream is empty: the first record is one sent now.
+    ctx.expect_nothing_before_sentinel(&mut *reader, &stream).await?;
     Ok(Outcome::Passed)
 }
 
@@ -1016,7 +1026,19 @@ pub async fn partition_count_change_is_picked_up(ctx: Ctx) -> Result<Outcome> {
         .iter()
         .map(|p| Record::new(format!("to-{p}")).to_partition(p.clone()))
         .collect();
-    ctx.send(&*producer, &stream, records).await?;
+    // A client may learn of new partitions a little later: retry what it refuses.
+    let deadline = Instant::now() + ctx.timing.settle;
+    let mut pending = records;
+    while !pending.is_empty() {
+        match producer.send(&stream, pending).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                pending = e.unsent;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.error),
+        }
+    }
     let got = drain(&mut *reader, open.len(), ctx.timing.settle).await?;
     let seen: BTreeSet<PartitionId> = got.iter().map(|r| r.partition.clone()).collect();
     for p in &new {
@@ -1058,12 +1080,13 @@ pub async fn oversize_record_is_invalid_input(ctx: Ctx) -> Result<Outcome> {
     assert_eq!(err.unsent.len(), 3, "the whole batch is handed back");
     producer.send_one(&stream, Record::new("after")).await?;
     let mut reader = ctx.broadcast(&stream, StartFrom::Earliest).await?;
-    let got = drain_quiet(&mut *reader, ctx.timing.quiet.max(Duration::from_secs(1))).await?;
+    let got = drain(&mut *reader, 2, ctx.timing.settle).await?;
     assert_eq!(
         texts(&got),
         ["before", "after"],
         "nothing of the bad batch, nothing lost"
     );
+    ctx.expect_nothing_before_sentinel(&mut *reader, &stream).await?;
     Ok(Outcome::Passed)
 }
 

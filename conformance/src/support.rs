@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tributary_core::{
-    Admin, Backend, Capabilities, Consumer, ConsumerConfig, ConsumerExt, Delivery, PartitionId, Producer,
-    ProducerConfig, Received, Record, Result, StartFrom, StreamSpec,
+    Admin, Backend, Capabilities, Consumer, ConsumerConfig, ConsumerExt, Delivery, ErrorKind, PartitionId,
+    Producer, ProducerConfig, Received, Record, Result, StartFrom, StreamSpec,
 };
 
 use crate::harness::{Harness, Outcome, Timing};
@@ -131,6 +131,35 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Checks that `consumer` has nothing to read: sends a sentinel record to
+    /// `stream` and expects it to be the first record the consumer receives. (A quiet
+    /// poll alone proves nothing on a slow engine.)
+    ///
+    /// # Errors
+    /// A failed send or poll.
+    ///
+    /// # Panics
+    /// If anything arrives before the sentinel, or the sentinel does not arrive.
+    pub async fn expect_nothing_before_sentinel(
+        &self,
+        consumer: &mut dyn Consumer,
+        stream: &str,
+    ) -> Result<()> {
+        let sentinel = self.fresh_name("sentinel");
+        let producer = self.producer().await?;
+        producer.send(stream, vec![Record::new(sentinel.clone())]).await?;
+        producer.close().await?;
+        let got = drain(consumer, 1, self.timing.settle).await?;
+        assert_eq!(
+            texts(&got),
+            [sentinel],
+            "nothing arrives before the sentinel sent afterwards"
+        );
+        Ok(())
+    }
+}
+
 /// `values` as `"{prefix}-{i}"` for `i` in `0..n`.
 pub fn values(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
@@ -228,18 +257,27 @@ impl Members {
     }
 
     /// One poll of every member, acknowledging and (unless made
-    /// [`without_commits`](Self::without_commits)) committing what arrived.
+    /// [`without_commits`](Self::without_commits)) committing what arrived. A commit or
+    /// ack refused because a rebalance moved the partition meanwhile is tolerated:
+    /// at-least-once allows the redelivery that follows.
     ///
     /// # Errors
-    /// A failed poll, ack or commit.
+    /// A failed poll, or a failed ack or commit for another reason.
     pub async fn round(&mut self) -> Result<usize> {
         let mut n = 0;
         for (consumer, received) in self.consumers.iter_mut().zip(&mut self.received) {
             let batch = consumer.poll(1000, self.poll).await?;
             if !batch.is_empty() {
-                consumer.ack_all(&batch)?;
+                let acked = match consumer.ack_all(&batch) {
+                    Err(e) if e.kind() == ErrorKind::NotAssigned => Ok(()),
+                    other => other,
+                };
+                acked?;
                 if self.commit {
-                    consumer.commit().await?;
+                    match consumer.commit().await {
+                        Err(e) if e.kind() == ErrorKind::NotAssigned || e.is_retryable() => {}
+                        other => other?,
+                    }
                 }
                 n += batch.len();
                 received.extend(batch);
@@ -301,9 +339,19 @@ impl Members {
         Ok(())
     }
 
-    /// Records received across members.
+    /// Distinct records received across members (a redelivery counts once).
     pub fn total(&self) -> usize {
-        self.received.iter().map(Vec::len).sum()
+        self.received
+            .iter()
+            .flatten()
+            .map(|r| (r.partition.clone(), r.offset.clone()))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// Deliveries beyond the first of each record, across members.
+    pub fn duplicates(&self) -> usize {
+        self.received.iter().map(Vec::len).sum::<usize>() - self.total()
     }
 
     /// Closes every member.

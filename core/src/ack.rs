@@ -107,17 +107,27 @@ impl AckTracker {
             .collect()
     }
 
-    /// Records that a commit covering `offset` succeeded.
+    /// Records that a commit covering `offset` succeeded. Ignored for a partition no
+    /// longer tracked (a commit that completed after its partition was revoked).
     pub fn committed(&mut self, partition: &PartitionId, offset: Offset) {
-        let acks = self.partitions.entry(partition.clone()).or_default();
-        if acks.committed.as_ref().is_none_or(|c| &offset > c) {
+        if let Some(acks) = self.partitions.get_mut(partition)
+            && acks.committed.as_ref().is_none_or(|c| &offset > c)
+        {
             acks.committed = Some(offset);
         }
     }
 
-    /// Forgets a partition (revoked, or sought: its deliveries start over).
+    /// Forgets a partition entirely (revoked): its acks are refused from now on.
     pub fn forget(&mut self, partition: &PartitionId) {
         self.partitions.remove(partition);
+    }
+
+    /// Starts a partition's deliveries over (after a seek), keeping what was committed
+    /// so that acknowledging older records again never moves a commit backwards.
+    pub fn reset(&mut self, partition: &PartitionId) {
+        let acks = self.partitions.entry(partition.clone()).or_default();
+        acks.pending.clear();
+        acks.watermark = None;
     }
 
     /// Whether `partition` has delivered records not yet acknowledged.
@@ -206,8 +216,34 @@ mod tests {
     }
 
     #[test]
+    fn a_seek_back_keeps_the_commit_floor() {
+        let mut t = AckTracker::new();
+        for n in 0..10 {
+            t.delivered(&p(0), o(n));
+            t.ack(&p(0), &o(n)).unwrap();
+        }
+        t.committed(&p(0), o(9));
+        t.reset(&p(0));
+        t.delivered(&p(0), o(0));
+        t.ack(&p(0), &o(0)).unwrap();
+        assert_eq!(
+            t.committable(&p(0)),
+            None,
+            "re-acking 0 after a rewind commits nothing older"
+        );
+        t.forget(&p(0));
+        t.committed(&p(0), o(20));
+        assert_eq!(
+            t.ack(&p(0), &o(20)).unwrap_err().kind(),
+            ErrorKind::NotAssigned,
+            "late commit after revoke"
+        );
+    }
+
+    #[test]
     fn commits_never_move_backwards() {
         let mut t = AckTracker::new();
+        t.assign(&p(0));
         t.committed(&p(0), o(10));
         t.committed(&p(0), o(4));
         t.delivered(&p(0), o(5));

@@ -75,8 +75,9 @@ pub trait ConsumerExt: Consumer {
     }
 
     /// Turns the consumer into a stream of records, read in batches of `batch`. Errors
-    /// are yielded; the stream ends after a `Closed` error. Acknowledge nothing through
-    /// it: it suits broadcast readers, and groups whose position is managed by seeks.
+    /// are yielded; the stream ends after a `Closed` error. Nothing can be acknowledged
+    /// through it, so it suits broadcast readers; a group member would never commit,
+    /// and would keep track of every record it delivered.
     fn into_stream(self, batch: usize) -> impl Stream<Item = Result<Received>> + Send
     where
         Self: Sized + 'static,

@@ -40,8 +40,7 @@ impl Cursors {
     pub fn seek(&mut self, partition: &PartitionId, to: u64) -> Result<()> {
         let p = self.held(partition)?;
         self.positions.insert(p, to);
-        self.acks.forget(partition);
-        self.acks.assign(partition);
+        self.acks.reset(partition);
         Ok(())
     }
 
@@ -69,15 +68,18 @@ impl Cursors {
 }
 
 /// What [`GroupState::sync`] changed.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct SyncOutcome {
     /// The group changed: wake the other members.
     pub changed: bool,
     /// A partition this member should get is held by a member that may be evicted at
     /// this time: look again then.
     pub look_again: Option<Instant>,
-    /// Commits made on revoke, `(partition, next offset)`, for engines that persist them.
+    /// Commits made (on revoke, and the first start position of a partition),
+    /// `(partition, next offset)`, for engines that persist them.
     pub committed: Vec<(u32, u64)>,
+    /// A start position that could not be resolved; that partition was left untaken.
+    pub error: Option<Error>,
 }
 
 /// Membership, ownership and commits of one group over one stream.
@@ -155,14 +157,15 @@ impl GroupState {
     /// evicts members unseen for `timeout`; rejoins `member` if it was evicted (its
     /// uncommitted work is dropped); releases partitions that now belong to others,
     /// committing their acknowledged prefix first (commit on revoke); takes the free
-    /// partitions that belong to it, starting each at the group's commit or at
-    /// `initial(p)`.
+    /// partitions that belong to it, starting each at the group's commit or, for a
+    /// partition the group never committed, at `initial(p)` (called only then), which
+    /// becomes the group's position so a later holder starts there too.
     pub fn sync(
         &mut self,
         member: MemberId,
         cursors: &mut Cursors,
         partitions: u32,
-        initial: impl Fn(u32) -> u64,
+        mut initial: impl FnMut(u32) -> Result<u64>,
         now: Instant,
         timeout: Duration,
     ) -> SyncOutcome {
@@ -203,8 +206,23 @@ impl GroupState {
             if cursors.positions.contains_key(&p) || self.owners.get(&p).is_some_and(|o| *o != member) {
                 continue;
             }
+            let start = match self.committed.get(&p) {
+                Some(c) => *c,
+                None => match initial(p) {
+                    // Fixed now: resolved again by the next holder, a start such as
+                    // Latest would skip what this holder read but did not commit.
+                    Ok(start) => {
+                        self.committed.insert(p, start);
+                        outcome.committed.push((p, start));
+                        start
+                    }
+                    Err(e) => {
+                        outcome.error.get_or_insert(e);
+                        continue;
+                    }
+                },
+            };
             self.owners.insert(p, member);
-            let start = self.committed.get(&p).copied().unwrap_or_else(|| initial(p));
             cursors.positions.insert(p, start);
             cursors.acks.assign(&PartitionId::from_index(p));
             outcome.changed = true;
@@ -214,7 +232,7 @@ impl GroupState {
             .filter(|p| !cursors.positions.contains_key(p))
             .filter_map(|p| self.owners.get(p))
             .filter_map(|owner| self.members.get(owner))
-            .map(|seen| *seen + timeout)
+            .filter_map(|seen| seen.checked_add(timeout))
             .min();
         outcome
     }
@@ -265,7 +283,7 @@ mod tests {
     const T: Duration = Duration::from_secs(30);
 
     fn sync(g: &mut GroupState, m: MemberId, c: &mut Cursors, now: Instant) -> SyncOutcome {
-        g.sync(m, c, 4, |_| 0, now, T)
+        g.sync(m, c, 4, |_| Ok(0), now, T)
     }
 
     #[test]
@@ -308,7 +326,7 @@ mod tests {
         assert_eq!(b.positions.len(), 4, "member 1 was evicted: member 2 takes all");
         let err = g.commit_acked(1, &mut a).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotAssigned);
-        assert_eq!(g.committed(0), None, "the fenced commit did not land");
+        assert_eq!(g.committed(0), Some(0), "the fenced commit (to 1) did not land");
     }
 
     #[test]
@@ -321,5 +339,31 @@ mod tests {
         g.join(2, now);
         let out = sync(&mut g, 2, &mut b, now);
         assert_eq!(out.look_again, Some(now + T));
+    }
+
+    #[test]
+    fn the_first_start_position_becomes_the_groups() {
+        let now = Instant::now();
+        let mut g = GroupState::default();
+        let (mut a, mut b) = (Cursors::default(), Cursors::default());
+        g.join(1, now);
+        // Member 1 starts "at the latest record", here 10; it reads but commits nothing.
+        let out = g.sync(1, &mut a, 2, |_| Ok(10), now, T);
+        assert_eq!(
+            out.committed,
+            vec![(0, 10), (1, 10)],
+            "the start is recorded for the group"
+        );
+        a.delivered(1, 10);
+        g.join(2, now);
+        sync(&mut g, 1, &mut a, now);
+        // Member 2 would resolve "latest" to 15 by now; it must start at 10 instead.
+        let out = g.sync(2, &mut b, 2, |_| Ok(15), now, T);
+        assert!(out.committed.is_empty());
+        assert_eq!(
+            b.positions.get(&1),
+            Some(&10),
+            "no record between 10 and 15 is skipped"
+        );
     }
 }

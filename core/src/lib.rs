@@ -34,6 +34,14 @@ pub use stream::{
 };
 pub use url::{BackendUrl, describe_config_error, query_config, redact_query};
 
+/// The instant `timeout` from now, or a far-future instant for timeouts too large to
+/// add (`Duration::MAX` means "wait as long as it takes").
+pub fn deadline_after(timeout: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// Re-exported so backends and applications name the same versions.
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

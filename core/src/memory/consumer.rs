@@ -54,6 +54,8 @@ impl MemoryConsumer {
                 Some(Member { key, id })
             }
         };
+        drop(state);
+        // Built with the lock released: dropping it on an error below takes the lock.
         let mut consumer = Self {
             engine: engine.clone(),
             stream: config.stream,
@@ -65,11 +67,16 @@ impl MemoryConsumer {
             rotation: 0,
             closed: false,
         };
-        consumer.sync(&mut state)?;
-        // Other members rebalance now that this one joined.
-        state.stream(&consumer.stream)?.notify.notify_waiters();
-        drop(state);
-        Ok(consumer)
+        let joined = {
+            let mut state = engine.lock();
+            consumer.sync(&mut state).map(|_| {
+                // Other members rebalance now that this one joined.
+                if let Some(stream) = state.streams.get(&consumer.stream) {
+                    stream.notify.notify_waiters();
+                }
+            })
+        };
+        joined.map(|()| consumer)
     }
 
     fn check_open(&self) -> Result<()> {
@@ -92,40 +99,39 @@ impl MemoryConsumer {
     /// a broadcast reader just adds partitions created since it last looked. Returns
     /// when to look again if a partition it should get is still held elsewhere.
     fn sync(&mut self, state: &mut State) -> Result<Option<Instant>> {
-        let stream = self.stream(state)?;
+        self.stream(state)?;
+        let (streams, groups) = (&state.streams, &mut state.groups);
+        let Some(stream) = streams.get(&self.stream) else {
+            return Err(Error::not_found(format!("stream {:?} was deleted", self.stream)));
+        };
         let partitions = stream.partition_count();
-        let notify = stream.notify.clone();
-        // Partitions created after this consumer started are read from their start:
-        // every record in them is new to it.
-        let created = self.created;
-        let initial: Vec<u64> = stream
-            .partitions
-            .iter()
-            .map(|log| {
-                if log.created > created {
-                    0
-                } else {
-                    log.resolve(&self.start)
-                }
-            })
-            .collect();
+        // Resolved only for partitions being taken. Partitions created after this
+        // consumer started are read from their start: every record in them is new to it.
+        let (created, start) = (self.created, &self.start);
+        let initial = |p: u32| {
+            let log = &stream.partitions[p as usize];
+            if log.created > created {
+                0
+            } else {
+                log.resolve(start)
+            }
+        };
         let Some(member) = &self.member else {
             for p in 0..partitions {
-                self.cursors.positions.entry(p).or_insert(initial[p as usize]);
+                self.cursors.positions.entry(p).or_insert_with(|| initial(p));
             }
             return Ok(None);
         };
-        let group = state.groups.entry(member.key.clone()).or_default();
-        let outcome = group.sync(
+        let outcome = groups.entry(member.key.clone()).or_default().sync(
             member.id,
             &mut self.cursors,
             partitions,
-            |p| initial[p as usize],
+            |p| Ok(initial(p)),
             Instant::now(),
             self.engine.config.session_timeout,
         );
         if outcome.changed {
-            notify.notify_waiters();
+            stream.notify.notify_waiters();
         }
         Ok(outcome.look_again)
     }
@@ -200,7 +206,10 @@ impl MemoryConsumer {
 impl Consumer for MemoryConsumer {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Received>> {
         self.check_open()?;
-        let deadline = tokio::time::Instant::now() + timeout;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = crate::deadline_after(timeout);
         // Even an idle member must show it is alive well within the session timeout.
         let heartbeat = self.engine.config.session_timeout / 3;
         let engine = self.engine.clone();

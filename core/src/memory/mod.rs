@@ -25,6 +25,9 @@ use crate::url::BackendUrl;
 
 use state::Engine;
 
+/// The longest session timeout accepted (one day).
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Settings of the memory engine, from `memory://?key=value&...` or a config file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
