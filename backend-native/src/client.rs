@@ -238,6 +238,8 @@ pub(crate) struct NativeConsumer {
     cursors: Cursors,
     rotation: u32,
     closed: bool,
+    /// Read buffer reused across polls (see `PartitionLog::read`).
+    scratch: bytes::BytesMut,
 }
 
 fn resolve(log: &PartitionLog, start: &StartFrom) -> Result<u64> {
@@ -272,6 +274,7 @@ impl NativeConsumer {
             cursors: Cursors::default(),
             rotation: 0,
             closed: false,
+            scratch: bytes::BytesMut::new(),
         };
         consumer.sync()?;
         consumer.stream.notify.notify_waiters();
@@ -354,7 +357,7 @@ impl NativeConsumer {
             let (Some(log), Some(&from)) = (self.stream.log(p), self.cursors.positions.get(&p)) else {
                 continue;
             };
-            let records = log.read(from, max - out.len())?;
+            let records = log.read(from, max - out.len(), &mut self.scratch)?;
             let Some(last) = records.last() else { continue };
             self.cursors.positions.insert(p, last.offset + 1);
             let partition = PartitionId::from_index(p);
