@@ -633,10 +633,11 @@ impl PartitionLog {
             }
             let cache_start = inner.cache.front().map_or(u64::MAX, |(h, _)| h.base_offset);
             if from >= cache_start {
+                // Ordered by offset: find the first batch holding `from` by bisection.
+                let first = inner.cache.partition_point(|(h, _)| h.next_offset() <= from);
                 let batches: Vec<(BatchHeader, Bytes)> = inner
                     .cache
-                    .iter()
-                    .filter(|(h, _)| h.next_offset() > from)
+                    .range(first..)
                     .scan(0usize, |taken, (h, b)| {
                         (*taken < max).then(|| {
                             *taken += h.record_count as usize;
