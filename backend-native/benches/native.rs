@@ -330,6 +330,30 @@ fn main() {
             std::fs::remove_dir_all(&dir).unwrap();
         }
 
+        if wanted("memory") {
+            // Single-record API again, in `memory` durability: no write() per send.
+            let dir = base.join("single-memory");
+            let e = engine(&dir, Durability::Memory);
+            stream(&e, "s", 1).await;
+            let producer = e.producer(ProducerConfig::default()).await.unwrap();
+            let v = value(100);
+            let n = scaled(2_000_000);
+            let start = Instant::now();
+            for _ in 0..n {
+                producer.send_one("s", Record::new(v.clone())).await.unwrap();
+            }
+            let rps = n as f64 / start.elapsed().as_secs_f64();
+            rows.push(Row {
+                metric: "append, single-record API, 100 B, `memory` durability".into(),
+                target: "(no target; shows what the write() per send costs)".into(),
+                measured: fmt_rate(rps, "rec"),
+                note: "acknowledged once buffered; written per 256 KiB".into(),
+            });
+            e.close().unwrap();
+            drop(e);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+
         if wanted("sustained") {
             // 4. 1 KiB records, sustained; then catch-up read of the same data.
             let dir = base.join("sustained");

@@ -58,6 +58,50 @@ impl NativeProducer {
     }
 }
 
+impl NativeProducer {
+    /// The common case of a send whose records all go to one partition (every
+    /// single-record send): no regrouping.
+    async fn send_to_one(
+        &self,
+        stream: &StreamHandle,
+        p: u32,
+        records: Vec<Record>,
+        now: Timestamp,
+    ) -> Result<Vec<Delivery>, SendError> {
+        let Some((log, id)) = stream.partition(p) else {
+            let e = Error::new(ErrorKind::Backend, format!("partition {p} vanished"));
+            return Err(SendError::nothing_sent(e, records));
+        };
+        let base = match log.append(&records, now) {
+            Ok(base) => base,
+            Err(e) => return Err(SendError::nothing_sent(e, records)),
+        };
+        stream.notify.notify_waiters();
+        if self.engine.config.durability == Durability::Sync {
+            let end = base + records.len() as u64;
+            let synced = tokio::task::spawn_blocking(move || log.sync_to(end)).await;
+            let outcome =
+                synced.unwrap_or_else(|e| Err(Error::new(ErrorKind::Backend, format!("sync task: {e}"))));
+            if let Err(e) = outcome {
+                let e = Error::new(
+                    ErrorKind::Indeterminate,
+                    format!("written but not made durable: {e}"),
+                );
+                return Err(SendError::nothing_sent(e, records));
+            }
+        }
+        Ok(records
+            .iter()
+            .enumerate()
+            .map(|(k, r)| Delivery {
+                partition: id.clone(),
+                offset: Offset::new(base + k as u64),
+                timestamp: Some(r.timestamp.unwrap_or(now)),
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl Producer for NativeProducer {
     async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
@@ -73,6 +117,11 @@ impl Producer for NativeProducer {
             Err(e) => return Err(SendError::nothing_sent(e, records)),
         };
         let now = Timestamp::now();
+        if let Some(&p) = routes.first()
+            && routes.iter().all(|r| *r == p)
+        {
+            return self.send_to_one(&handle, p, records, now).await;
+        }
         // Records of each partition, in the caller's order, with their batch indexes.
         let mut by_partition: std::collections::BTreeMap<u32, (Vec<usize>, Vec<Record>)> = Default::default();
         let mut slots: Vec<Option<Record>> = records.into_iter().map(Some).collect();

@@ -319,6 +319,25 @@ pub fn decode_records(
     from: u64,
 ) -> Result<Vec<DecodedRecord>, DecodeError> {
     check_body(header, batch)?;
+    parse_records(header, batch, from)
+}
+
+/// Like [`decode_records`] without the body checksum, for batches that never left
+/// this process's memory (the checksum guards what was stored, and is checked on
+/// every read from disk). Still bounds-checked: bad bytes give an error, never a panic.
+///
+/// # Errors
+/// `Truncated` or `Malformed`.
+pub fn parse_records(
+    header: &BatchHeader,
+    batch: &Bytes,
+    from: u64,
+) -> Result<Vec<DecodedRecord>, DecodeError> {
+    if batch.len() < header.total_len() {
+        return Err(DecodeError::Truncated {
+            need: header.total_len(),
+        });
+    }
     let body = batch.slice(HEADER_LEN..header.total_len());
     let mut r = Reader { buf: &body, pos: 0 };
     let skip = from.saturating_sub(header.base_offset);

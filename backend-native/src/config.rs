@@ -10,6 +10,10 @@ use tributary_core::{BackendUrl, Error, Result};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
+    /// Once copied into the partition's buffer, before any write(): written when 256 KiB
+    /// gather or every `group_commit_interval`. A crash of the process (or power)
+    /// loses up to that much. For data that can be rebuilt.
+    Memory,
     /// After write() returned: survives the process being killed (kill -9), not power
     /// loss. Kafka's default on one machine.
     #[default]
@@ -31,7 +35,7 @@ pub struct NativeConfig {
     pub path: PathBuf,
     /// When sends are acknowledged (default `page_cache`).
     pub durability: Durability,
-    /// How often `group_commit` syncs (default 10 ms).
+    /// How often `group_commit` syncs, and `memory` writes out (default 10 ms).
     #[serde(with = "humantime_serde")]
     pub group_commit_interval: Duration,
     /// Partitions of a stream created without a count (default 1).

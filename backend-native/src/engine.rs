@@ -36,6 +36,8 @@ struct StreamMeta {
 /// One partition of an open stream.
 #[derive(Debug)]
 pub(crate) struct Partition {
+    /// Its id, made once (deliveries and records carry clones).
+    pub id: tributary_core::PartitionId,
     pub log: Arc<PartitionLog>,
     /// When it was created or loaded: partitions newer than a consumer are read from
     /// their start.
@@ -64,6 +66,13 @@ impl StreamHandle {
 
     pub fn log(&self, p: u32) -> Option<Arc<PartitionLog>> {
         self.partitions().get(p as usize).map(|part| part.log.clone())
+    }
+
+    /// The log and id of partition `p`.
+    pub fn partition(&self, p: u32) -> Option<(Arc<PartitionLog>, tributary_core::PartitionId)> {
+        self.partitions()
+            .get(p as usize)
+            .map(|part| (part.log.clone(), part.id.clone()))
     }
 }
 
@@ -149,6 +158,7 @@ impl Engine {
             cache_bytes: config.cache_bytes,
             retention_bytes: config.retention_bytes,
             retention: config.retention,
+            buffered: config.durability == Durability::Memory,
         };
         let offsets = OffsetStore::open(
             root.join("offsets").join("commits.log"),
@@ -218,6 +228,7 @@ impl Engine {
                 self.recovery.insert(format!("{name}/{p}"), report);
             }
             partitions.push(Partition {
+                id: tributary_core::PartitionId::from_index(p),
                 log: Arc::new(log),
                 created: Instant::now(),
             });
@@ -237,8 +248,8 @@ impl Engine {
         let (stop, stopped) = mpsc::channel::<()>();
         let weak = Arc::downgrade(self);
         let tick = match self.config.durability {
-            Durability::GroupCommit => self.config.group_commit_interval,
-            _ => Duration::from_secs(1),
+            Durability::GroupCommit | Durability::Memory => self.config.group_commit_interval,
+            Durability::PageCache | Durability::Sync => Duration::from_secs(1),
         };
         let spawned = std::thread::Builder::new()
             .name("tributary-native".into())
@@ -265,6 +276,13 @@ impl Engine {
             .iter()
             .flat_map(|s| s.partitions().iter().map(|p| p.log.clone()).collect::<Vec<_>>())
             .collect();
+        if self.config.durability == Durability::Memory {
+            for log in &logs {
+                if let Err(e) = log.flush() {
+                    tracing::error!(error = %e, "writing buffered batches failed; the partition refuses writes");
+                }
+            }
+        }
         if self.config.durability == Durability::GroupCommit {
             for log in &logs {
                 if log.is_dirty()
@@ -362,6 +380,7 @@ impl Engine {
                 self.log_config_for(retention),
             )?;
             opened.push(Partition {
+                id: tributary_core::PartitionId::from_index(p),
                 log: Arc::new(log),
                 created: Instant::now(),
             });
@@ -448,8 +467,9 @@ impl Engine {
         write_atomic(&*self.storage, &handle.dir.join("stream.json"), &meta)
             .map_err(|e| io_error("writing", &handle.dir, e))?;
         let mut partitions = handle.partitions.write().unwrap_or_else(PoisonError::into_inner);
-        for log in added {
+        for (p, log) in (current..count).zip(added) {
             partitions.push(Partition {
+                id: tributary_core::PartitionId::from_index(p),
                 log: Arc::new(log),
                 created: Instant::now(),
             });

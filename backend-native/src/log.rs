@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -34,6 +34,9 @@ pub(crate) struct LogConfig {
     pub cache_bytes: usize,
     pub retention_bytes: Option<u64>,
     pub retention: Option<Duration>,
+    /// Acknowledge before writing: batches wait in memory until 256 KiB gather or the
+    /// background flush runs (durability `memory`).
+    pub buffered: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +52,10 @@ struct Segment {
     base: u64,
     path: PathBuf,
     file: Arc<dyn StorageFile>,
+    /// Bytes of batches appended, written or not: positions are in this space.
     size: u64,
+    /// Bytes actually written to the file; below `size` only in `memory` durability.
+    written: u64,
     next_offset: u64,
     max_ts: i64,
     index: Vec<IndexEntry>,
@@ -174,6 +180,23 @@ pub struct RecoveryReport {
     pub damage: Option<String>,
 }
 
+/// A recent batch kept in memory, decoded at most once for all readers.
+#[derive(Debug, Clone)]
+struct Cached {
+    header: BatchHeader,
+    bytes: Bytes,
+    decoded: Arc<OnceLock<Result<Arc<[DecodedRecord]>, DecodeError>>>,
+}
+
+impl Cached {
+    fn records(&self) -> Result<&Arc<[DecodedRecord]>, DecodeError> {
+        self.decoded
+            .get_or_init(|| codec::parse_records(&self.header, &self.bytes, 0).map(Arc::from))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
 #[derive(Debug)]
 struct Damage {
     offset: u64,
@@ -188,13 +211,18 @@ struct Inner {
     poisoned: Option<String>,
     damage: Option<Damage>,
     /// Recent batches, oldest first, for readers that are caught up.
-    cache: VecDeque<(BatchHeader, Bytes)>,
+    cache: VecDeque<Cached>,
     cache_bytes: usize,
     dirty: bool,
     /// Batches are encoded into this and split off it; once the cache and readers have
     /// dropped them, its memory is reclaimed instead of freshly allocated (and faulted
     /// in) for every batch.
     arena: BytesMut,
+    /// Batches appended but not yet written (durability `memory`), oldest first.
+    unwritten: Vec<Bytes>,
+    unwritten_bytes: usize,
+    /// Offset below which every batch is written to the file.
+    written_offset: u64,
 }
 
 /// One partition's log.
@@ -290,6 +318,7 @@ impl PartitionLog {
                 path,
                 file,
                 size,
+                written: size,
                 next_offset: base,
                 max_ts: i64::MIN,
                 index: Vec::new(),
@@ -320,6 +349,7 @@ impl PartitionLog {
             tracing::error!(partition = %dir.display(), damage = %d.message, "log damaged: readable up to the damage, writes refused");
         }
         let next = inner.next_offset;
+        inner.written_offset = next;
         drop(inner);
         *log.synced.lock().unwrap_or_else(PoisonError::into_inner) = next;
         Ok((log, report))
@@ -393,6 +423,7 @@ impl PartitionLog {
             .sync_data()
             .map_err(|e| io_error("syncing", &segment.path, e))?;
         segment.size = pos;
+        segment.written = pos;
         report.truncated_bytes += cut;
         Ok(())
     }
@@ -444,6 +475,7 @@ impl PartitionLog {
                 path,
                 file,
                 size: 0,
+                written: 0,
                 next_offset: base,
                 max_ts: i64::MIN,
                 index: Vec::new(),
@@ -455,6 +487,7 @@ impl PartitionLog {
 
     /// Seals the active segment (data and index durable) and starts a new one.
     fn roll(&self, inner: &mut Inner) -> Result<()> {
+        self.write_out(inner)?;
         let next = inner.next_offset;
         if let Some((_, active)) = inner.segments.iter().next_back() {
             active
@@ -530,10 +563,13 @@ impl PartitionLog {
         let Some((_, active)) = inner.segments.iter_mut().next_back() else {
             return Err(Error::new(ErrorKind::Backend, "a partition without a segment"));
         };
-        if let Err(e) = active.file.write_all_at(&bytes, active.size) {
-            let err = io_error("writing", &active.path, e);
-            inner.poisoned = Some(err.to_string());
-            return Err(err);
+        if !self.config.buffered {
+            if let Err(e) = active.file.write_all_at(&bytes, active.size) {
+                let err = io_error("writing", &active.path, e);
+                inner.poisoned = Some(err.to_string());
+                return Err(err);
+            }
+            active.written += bytes.len() as u64;
         }
         let is_first = active.index.is_empty();
         let since_index = active.index.last().map_or(u64::MAX, |e| active.size - e.position);
@@ -550,13 +586,65 @@ impl PartitionLog {
         inner.next_offset = header.next_offset();
         inner.dirty = true;
         inner.cache_bytes += bytes.len();
-        inner.cache.push_back((header, bytes));
-        while inner.cache_bytes > self.config.cache_bytes && inner.cache.len() > 1 {
-            if let Some((_, old)) = inner.cache.pop_front() {
-                inner.cache_bytes -= old.len();
+        inner.cache.push_back(Cached {
+            header,
+            bytes: bytes.clone(),
+            decoded: Arc::default(),
+        });
+        if self.config.buffered {
+            inner.unwritten_bytes += bytes.len();
+            inner.unwritten.push(bytes);
+            if inner.unwritten_bytes >= BATCH_TARGET {
+                self.write_out(inner)?;
+            }
+        } else {
+            inner.written_offset = inner.next_offset;
+        }
+        // Unwritten batches stay: until written, the cache is the only copy readers have.
+        while inner.cache_bytes > self.config.cache_bytes
+            && inner.cache.len() > 1
+            && inner
+                .cache
+                .front()
+                .is_some_and(|c| c.header.next_offset() <= inner.written_offset)
+        {
+            if let Some(old) = inner.cache.pop_front() {
+                inner.cache_bytes -= old.bytes.len();
             }
         }
         Ok(())
+    }
+
+    /// Writes the batches waiting in memory (durability `memory`) in one write().
+    fn write_out(&self, inner: &mut Inner) -> Result<()> {
+        if inner.unwritten.is_empty() {
+            return Ok(());
+        }
+        Self::check_writable(inner)?;
+        let mut joined = BytesMut::with_capacity(inner.unwritten_bytes);
+        for b in &inner.unwritten {
+            joined.extend_from_slice(b);
+        }
+        let Some((_, active)) = inner.segments.iter_mut().next_back() else {
+            return Err(Error::new(ErrorKind::Backend, "a partition without a segment"));
+        };
+        if let Err(e) = active.file.write_all_at(&joined, active.written) {
+            let err = io_error("writing", &active.path, e);
+            inner.poisoned = Some(err.to_string());
+            return Err(err);
+        }
+        active.written += joined.len() as u64;
+        inner.unwritten.clear();
+        inner.unwritten_bytes = 0;
+        inner.written_offset = inner.next_offset;
+        Ok(())
+    }
+
+    /// Writes out what waits in memory (durability `memory`); the background thread
+    /// calls this every flush interval.
+    pub fn flush(&self) -> Result<()> {
+        let mut inner = self.lock();
+        self.write_out(&mut inner)
     }
 
     /// Blocks until everything below `target` is durable, syncing if no one else is.
@@ -569,6 +657,7 @@ impl PartitionLog {
         }
         let (file, path, upto) = {
             let mut inner = self.lock();
+            self.write_out(&mut inner)?;
             if let Some(why) = &inner.poisoned {
                 return Err(Error::new(
                     ErrorKind::Io,
@@ -631,17 +720,17 @@ impl PartitionLog {
             if from >= inner.next_offset {
                 return Ok(Vec::new());
             }
-            let cache_start = inner.cache.front().map_or(u64::MAX, |(h, _)| h.base_offset);
+            let cache_start = inner.cache.front().map_or(u64::MAX, |c| c.header.base_offset);
             if from >= cache_start {
                 // Ordered by offset: find the first batch holding `from` by bisection.
-                let first = inner.cache.partition_point(|(h, _)| h.next_offset() <= from);
-                let batches: Vec<(BatchHeader, Bytes)> = inner
+                let first = inner.cache.partition_point(|c| c.header.next_offset() <= from);
+                let batches: Vec<Cached> = inner
                     .cache
                     .range(first..)
-                    .scan(0usize, |taken, (h, b)| {
+                    .scan(0usize, |taken, c| {
                         (*taken < max).then(|| {
-                            *taken += h.record_count as usize;
-                            (*h, b.clone())
+                            *taken += c.header.record_count as usize;
+                            c.clone()
                         })
                     })
                     .collect();
@@ -658,20 +747,22 @@ impl PartitionLog {
                         segment.file.clone(),
                         segment.path.clone(),
                         segment.position_for(from),
-                        segment.size,
+                        segment.written,
                         limit,
                     )),
                 )
             }
         };
         if let Some((from, batches)) = cached {
-            let mut out = Vec::new();
-            for (h, b) in batches {
-                let records = codec::decode_records(&h, &b, from)
+            let mut out = Vec::with_capacity(max.min(4096));
+            for cached in batches {
+                let records = cached
+                    .records()
                     .map_err(|e| Error::new(ErrorKind::Corruption, format!("cached batch: {e}")))?;
-                out.extend(records);
+                let skip = from.saturating_sub(cached.header.base_offset) as usize;
+                let room = max - out.len();
+                out.extend(records.iter().skip(skip).take(room).cloned());
             }
-            out.truncate(max);
             return Ok(out);
         }
         let Some((from, file, path, mut pos, size, limit)) = disk else {
@@ -786,8 +877,10 @@ impl PartitionLog {
             };
             let mut inner = self.lock();
             if let Some(segment) = inner.segments.remove(&victim) {
-                inner.cache.retain(|(h, _)| h.base_offset >= segment.next_offset);
-                inner.cache_bytes = inner.cache.iter().map(|(_, b)| b.len()).sum();
+                inner
+                    .cache
+                    .retain(|c| c.header.base_offset >= segment.next_offset);
+                inner.cache_bytes = inner.cache.iter().map(|c| c.bytes.len()).sum();
                 drop(inner);
                 let _ = self.storage.remove_file(&segment.index_path());
                 self.storage
@@ -801,10 +894,11 @@ impl PartitionLog {
     /// Makes the log durable and saves the active segment's index, so the next open
     /// needs no scan. Called on clean shutdown.
     pub fn close(&self) -> Result<()> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         if inner.poisoned.is_some() || inner.damage.is_some() {
             return Ok(());
         }
+        self.write_out(&mut inner)?;
         if let Some((_, active)) = inner.segments.iter().next_back() {
             active
                 .file

@@ -1,21 +1,24 @@
-//! The whole conformance suite against the native engine, each scenario in its own
-//! data directory; `reopen` closes the engine and opens the directory again.
+//! The whole conformance suite against the native engine in each durability mode,
+//! each scenario in its own data directory; `reopen` closes the engine and opens the
+//! directory again.
 
 use std::sync::{Arc, Mutex};
 
 use tributary_conformance::Harness;
 use tributary_core::{Backend, Result, async_trait};
-use tributary_native::{NativeBackend, NativeConfig};
+use tributary_native::{Durability, NativeBackend, NativeConfig};
 
 struct NativeHarness {
     dir: tempfile::TempDir,
+    durability: Durability,
     open: Mutex<Option<NativeBackend>>,
 }
 
 impl NativeHarness {
-    fn new() -> Self {
+    fn new(durability: Durability) -> Self {
         Self {
             dir: tempfile::tempdir().expect("a temporary directory"),
+            durability,
             open: Mutex::new(None),
         }
     }
@@ -23,6 +26,7 @@ impl NativeHarness {
     fn config(&self) -> NativeConfig {
         let mut config = NativeConfig::at(self.dir.path());
         config.partitions = 2;
+        config.durability = self.durability;
         config
     }
 }
@@ -44,4 +48,18 @@ impl Harness for NativeHarness {
     }
 }
 
-tributary_conformance::suite!(NativeHarness::new());
+mod page_cache {
+    tributary_conformance::suite!(super::NativeHarness::new(super::Durability::PageCache));
+}
+
+mod memory {
+    tributary_conformance::suite!(super::NativeHarness::new(super::Durability::Memory));
+}
+
+mod group_commit {
+    tributary_conformance::suite!(super::NativeHarness::new(super::Durability::GroupCommit));
+}
+
+mod sync {
+    tributary_conformance::suite!(super::NativeHarness::new(super::Durability::Sync));
+}

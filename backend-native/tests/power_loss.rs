@@ -7,7 +7,7 @@
 //! `sync` loses no acknowledged record or commit; every mode reopens, returns only
 //! records that were sent, with contiguous offsets and no duplicates. (`page_cache`
 //! and `group_commit` promise nothing on power loss beyond that; their losses are
-//! counted and printed.)
+//! counted and printed; `memory` neither.)
 //!
 //! Crash points: `TRIBUTARY_POWER_LOSS_POINTS` (default 1000); seed:
 //! `TRIBUTARY_POWER_LOSS_SEED`.
@@ -535,15 +535,17 @@ fn power_loss_at_random_points() {
     let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
     for point in 0..points {
         let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(point));
-        let durability = match point % 4 {
+        let durability = match point % 5 {
             0 | 1 => Durability::Sync,
             2 => Durability::GroupCommit,
-            _ => Durability::PageCache,
+            3 => Durability::PageCache,
+            _ => Durability::Memory,
         };
         let name = match durability {
             Durability::Sync => "sync",
             Durability::GroupCommit => "group_commit",
             Durability::PageCache => "page_cache",
+            Durability::Memory => "memory",
         };
         let sim = Sim::new(Disk::new(), rng.i64(10..400));
         let w = rt.block_on(workload(sim.clone(), durability, point, &mut rng));

@@ -394,3 +394,42 @@ async fn groups_resume_at_their_commits_after_reopen() {
         "exactly the unacknowledged last record of each partition"
     );
 }
+
+#[tokio::test]
+async fn memory_mode_acknowledges_before_writing_and_writes_on_flush_or_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.durability = tributary_native::Durability::Memory;
+    cfg.group_commit_interval = Duration::from_secs(3600); // only size and close write
+    let engine = NativeBackend::open(cfg.clone()).unwrap();
+    create(&engine, "s", 1).await;
+    send(&engine, "s", values("m", 100)).await;
+    let on_disk = || std::fs::metadata(&segments(dir.path(), "s")[0]).unwrap().len();
+    assert_eq!(on_disk(), 0, "acknowledged before any write()");
+    assert_eq!(
+        read_all(&engine, "s").await.unwrap().len(),
+        100,
+        "readers see buffered records"
+    );
+    // 256 KiB gathered: written without waiting for the interval.
+    send(
+        &engine,
+        "s",
+        (0..300).map(|i| format!("{i:0>1000}")).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        on_disk() >= 256 * 1024,
+        "a full buffer is written at once ({} bytes)",
+        on_disk()
+    );
+    send(&engine, "s", values("tail", 5)).await;
+    engine.close().unwrap();
+    drop(engine);
+    let engine = NativeBackend::open(cfg).unwrap();
+    assert_eq!(
+        read_all(&engine, "s").await.unwrap().len(),
+        405,
+        "close wrote the rest"
+    );
+}
