@@ -7,7 +7,9 @@
 //! `sync` loses no acknowledged record or commit; every mode reopens, returns only
 //! records that were sent, with contiguous offsets and no duplicates. (`page_cache`
 //! and `group_commit` promise nothing on power loss beyond that; their losses are
-//! counted and printed; `memory` neither.)
+//! counted and printed; `memory` neither.) `group_commit` must lose nothing that was
+//! acknowledged more than one sync interval (plus 100 ms of scheduling slack) before
+//! the power failed.
 //!
 //! Crash points: `TRIBUTARY_POWER_LOSS_POINTS` (default 1000); seed:
 //! `TRIBUTARY_POWER_LOSS_SEED`.
@@ -19,7 +21,7 @@ use std::io;
 use std::path::{Component, Path};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tributary_core::{Backend, ConsumerConfig, ConsumerExt, PartitionId, ProducerConfig, Record, StreamSpec};
 use tributary_native::storage::{Storage, StorageFile};
@@ -167,6 +169,8 @@ struct Sim {
     disk: Mutex<Disk>,
     ops_left: AtomicI64,
     locks: Mutex<BTreeSet<std::path::PathBuf>>,
+    /// When the power failed.
+    failed_at: Mutex<Option<Instant>>,
 }
 
 impl Sim {
@@ -175,11 +179,13 @@ impl Sim {
             disk: Mutex::new(disk),
             ops_left: AtomicI64::new(ops),
             locks: Mutex::default(),
+            failed_at: Mutex::default(),
         })
     }
 
     fn mutate<T>(&self, f: impl FnOnce(&mut Disk) -> io::Result<T>) -> io::Result<T> {
         if self.ops_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            self.failed_at.lock().unwrap().get_or_insert_with(Instant::now);
             return Err(io::Error::from_raw_os_error(5));
         }
         f(&mut self.disk.lock().unwrap())
@@ -363,6 +369,8 @@ fn config(durability: Durability) -> NativeConfig {
 struct Workload {
     attempted: BTreeSet<String>,
     acked: Vec<String>,
+    /// When each acknowledged record was acknowledged.
+    acked_at: BTreeMap<String, Instant>,
     /// Last acknowledged commit per partition: next offset to read.
     commits: BTreeMap<PartitionId, u64>,
 }
@@ -394,7 +402,11 @@ async fn workload(sim: Arc<Sim>, durability: Durability, point: u64, rng: &mut f
             .map(|v| Record::new(v.clone()).with_key(format!("k{}", v.len() % 5)))
             .collect();
         match producer.send("s", records).await {
-            Ok(_) => w.acked.extend(values),
+            Ok(_) => {
+                let now = Instant::now();
+                w.acked_at.extend(values.iter().map(|v| (v.clone(), now)));
+                w.acked.extend(values);
+            }
             Err(e) => {
                 // Partially confirmed sends report what landed.
                 let confirmed: Vec<usize> = e.delivered.iter().map(|(i, _)| *i).collect();
@@ -416,6 +428,10 @@ async fn workload(sim: Arc<Sim>, durability: Durability, point: u64, rng: &mut f
         if sim.crashed() {
             break;
         }
+        if durability == Durability::GroupCommit {
+            // Spread over many sync intervals, so the bound below is tested.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     drop(member);
     drop(engine);
@@ -429,13 +445,19 @@ struct Totals {
     acked: u64,
     lost: u64,
     lost_commits: u64,
+    lost_beyond_bound: u64,
     duplicated: u64,
     truncated_bytes: u64,
     damaged: u64,
 }
 
+/// `group_commit` syncs every interval; what was acknowledged longer ago than that
+/// (plus this much scheduling slack for the background thread) must survive.
+const GROUP_COMMIT_SLACK: Duration = Duration::from_millis(100);
+
 async fn verify(
     image: Disk,
+    failed_at: Option<Instant>,
     durability: Durability,
     w: &Workload,
     totals: &mut Totals,
@@ -507,8 +529,17 @@ async fn verify(
         }
     }
     totals.duplicated += present.values().filter(|n| **n > 1).count() as u64;
+    let bound = failed_at
+        .filter(|_| durability == Durability::GroupCommit)
+        .and_then(|t| t.checked_sub(config(durability).group_commit_interval + GROUP_COMMIT_SLACK));
     for v in &w.acked {
         if !present.contains_key(v) {
+            if bound.is_some_and(|b| w.acked_at.get(v).is_some_and(|at| *at < b)) {
+                totals.lost_beyond_bound += 1;
+                eprintln!(
+                    "point {point} (seed {seed}): {v}, acknowledged before the last sync interval, was lost"
+                );
+            }
             totals.lost += 1;
             if durability == Durability::Sync && totals.lost <= 5 {
                 eprintln!("point {point} (seed {seed}): acknowledged {v} lost");
@@ -554,15 +585,17 @@ fn power_loss_at_random_points() {
         t.points += 1;
         t.attempted += w.attempted.len() as u64;
         t.acked += w.acked.len() as u64;
-        rt.block_on(verify(image, durability, &w, t, point, seed));
+        let failed_at = *sim.failed_at.lock().unwrap();
+        rt.block_on(verify(image, failed_at, durability, &w, t, point, seed));
     }
     for (name, t) in &totals {
         println!(
-            "power loss [{name}]: crash points {}, attempted {}, acked {}, lost {}, lost commits {}, duplicated {}, truncated bytes {}, damaged partitions {}, seed {seed}",
+            "power loss [{name}]: crash points {}, attempted {}, acked {}, lost {}, lost beyond the mode's bound {}, lost commits {}, duplicated {}, truncated bytes {}, damaged partitions {}, seed {seed}",
             t.points,
             t.attempted,
             t.acked,
             t.lost,
+            t.lost_beyond_bound,
             t.lost_commits,
             t.duplicated,
             t.truncated_bytes,
@@ -578,5 +611,9 @@ fn power_loss_at_random_points() {
     );
     for (name, t) in &totals {
         assert_eq!(t.duplicated, 0, "{name}: duplicates (seed {seed})");
+        assert_eq!(
+            t.lost_beyond_bound, 0,
+            "{name}: lost more than its documented bound (seed {seed})"
+        );
     }
 }
