@@ -433,3 +433,48 @@ async fn memory_mode_acknowledges_before_writing_and_writes_on_flush_or_close() 
         "close wrote the rest"
     );
 }
+
+#[tokio::test]
+async fn retention_by_time_deletes_segments_older_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_bytes = 4096;
+    cfg.retention = Some(Duration::from_secs(24 * 3600));
+    let engine = NativeBackend::open(cfg).unwrap();
+    create(&engine, "s", 1).await;
+    let producer = engine.producer(ProducerConfig::default()).await.unwrap();
+    let old = Timestamp::now().saturating_sub(Duration::from_secs(2 * 24 * 3600));
+    for i in 0..60 {
+        let r = Record::new(format!("old-{i:03}-{}", "x".repeat(300))).with_timestamp(old);
+        producer.send_one("s", r).await.unwrap();
+    }
+    for i in 0..60 {
+        producer
+            .send_one("s", Record::new(format!("new-{i:03}-{}", "x".repeat(300))))
+            .await
+            .unwrap();
+    }
+    let admin = engine.admin().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let low = admin.describe_stream("s").await.unwrap().partitions[0]
+            .low
+            .clone()
+            .unwrap();
+        if low >= Offset::new(55) || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = texts(&read_all(&engine, "s").await.unwrap());
+    assert!(
+        kept.iter().filter(|v| v.starts_with("old")).count() < 10,
+        "old segments went: {} old left",
+        kept.iter().filter(|v| v.starts_with("old")).count()
+    );
+    assert_eq!(
+        kept.iter().filter(|v| v.starts_with("new")).count(),
+        60,
+        "every recent record stays"
+    );
+}
