@@ -35,6 +35,14 @@ impl NativeProducer {
                     "record {i} of the batch is {size} bytes (key + value + headers), above the limit of {max}"
                 )));
             }
+            let framed = crate::codec::encoded_record_len(record);
+            if framed > self.engine.max_batch_body() {
+                return Err(Error::invalid_input(format!(
+                    "record {i} of the batch takes {framed} bytes once framed ({} headers), above the engine's limit of {}",
+                    record.headers.len(),
+                    self.engine.max_batch_body()
+                )));
+            }
             routes.push(match (&record.partition, &record.key) {
                 (Some(p), _) => match p.index().filter(|p| *p < partitions) {
                     Some(p) => p,
@@ -89,6 +97,8 @@ impl NativeProducer {
                 );
                 return Err(SendError::nothing_sent(e, records));
             }
+            // Readers of a `sync` engine see records once synced: wake them now.
+            stream.notify.notify_waiters();
         }
         Ok(records
             .iter()
@@ -176,6 +186,9 @@ impl Producer for NativeProducer {
                 entry.1.extend(indexes);
                 entry.2.extend(recs);
             }
+        }
+        if self.engine.config.durability == Durability::Sync {
+            handle.notify.notify_waiters();
         }
         match failed {
             None => Ok(deliveries.into_iter().flatten().collect()),

@@ -126,6 +126,30 @@ fn put_varint(out: &mut BytesMut, mut v: u64) {
     out.put_u8(v as u8);
 }
 
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The exact bytes `record` takes in a batch body (at most 20 bytes of offset and
+/// timestamp deltas assumed): what batch size limits must count, since many small
+/// headers cost more framing than payload.
+pub fn encoded_record_len(record: &Record) -> usize {
+    let key = record
+        .key
+        .as_ref()
+        .map_or(1, |k| varint_len(k.len() as u64 + 1) + k.len());
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(n, v)| varint_len(n.len() as u64) + n.len() + varint_len(v.len() as u64) + v.len())
+        .sum();
+    20 + key
+        + varint_len(record.value.len() as u64)
+        + record.value.len()
+        + varint_len(record.headers.len() as u64)
+        + headers
+}
+
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -441,6 +465,29 @@ mod tests {
             decode_records(&h, &cut, 0),
             Err(DecodeError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn encoded_record_len_bounds_the_real_size() {
+        let mut many_headers = Record::new("v");
+        for _ in 0..1000 {
+            many_headers.headers.push("a", Bytes::new());
+        }
+        for record in [sample(), vec![many_headers]].concat() {
+            let mut buf = BytesMut::new();
+            let h = encode_batch(
+                &mut buf,
+                u64::MAX / 4,
+                std::slice::from_ref(&record),
+                Timestamp::from_millis(1),
+            );
+            assert!(
+                h.body_len as usize <= encoded_record_len(&record),
+                "{} > {}",
+                h.body_len,
+                encoded_record_len(&record)
+            );
+        }
     }
 
     #[test]

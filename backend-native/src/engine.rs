@@ -159,6 +159,7 @@ impl Engine {
             retention_bytes: config.retention_bytes,
             retention: config.retention,
             buffered: config.durability == Durability::Memory,
+            read_synced_only: config.durability == Durability::Sync,
         };
         let offsets = OffsetStore::open(
             root.join("offsets").join("commits.log"),
@@ -198,9 +199,40 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(name, handle);
         }
+        engine.reconcile_commits()?;
         let engine = Arc::new(engine);
         engine.start_background();
         Ok(engine)
+    }
+
+    /// After a crash the offsets log may hold commits for records the partition log
+    /// lost (modes that let readers see unsynced data), or for streams whose deletion
+    /// completed: cap commits at each partition's end, so the group resumes where new
+    /// records will go instead of skipping them, and drop the others.
+    fn reconcile_commits(&mut self) -> Result<()> {
+        let streams = self.streams.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let groups = self.groups.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let ends: BTreeMap<String, Vec<u64>> = streams
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    s.partitions().iter().map(|p| p.log.next_offset()).collect(),
+                )
+            })
+            .collect();
+        let changed = groups.offsets.reconcile(&ends)?;
+        for m in &changed {
+            tracing::warn!(
+                stream = m.stream,
+                group = m.group,
+                partition = m.partition,
+                commit = m.was,
+                end = m.now,
+                "group commit past the end of the log after a crash: moved back to the end"
+            );
+        }
+        Ok(())
     }
 
     fn log_config_for(&self, retention: Option<Duration>) -> LogConfig {
@@ -300,6 +332,11 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The largest batch body the log accepts; no single record may need more.
+    pub fn max_batch_body(&self) -> usize {
+        self.log_config.max_batch_body
     }
 
     pub fn check_open(&self) -> Result<()> {
@@ -403,35 +440,50 @@ impl Engine {
     pub fn delete_stream(&self, name: &str) -> Result<()> {
         validate_stream_name(name)?;
         self.check_open()?;
-        let handle = {
+        // Order matters for crashes: the directory leaves first (durably), then the
+        // group commits are dropped with a synced tombstone. A crash in between leaves
+        // commits of a stream that no longer exists, which the next open drops; a
+        // stream created after this returns can never inherit old commits.
+        let (handle, trash) = {
             let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
-            streams
-                .remove(name)
-                .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))?
+            let handle = streams
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))?;
+            let trash = self
+                .root
+                .join("staging")
+                .join(format!("deleted-{name}-{:x}", fastrand_u64()));
+            self.storage
+                .rename(&handle.dir, &trash)
+                .map_err(|e| io_error("deleting", &handle.dir, e))?;
+            streams.remove(name);
+            self.storage
+                .sync_dir(&self.root.join("streams"))
+                .map_err(|e| io_error("syncing", &self.root, e))?;
+            (handle, trash)
         };
+        handle.notify.notify_waiters();
         {
             let mut groups = self.groups();
             groups.states.retain(|(_, s), _| s != name);
             groups.offsets.drop_stream(name)?;
         }
-        handle.notify.notify_waiters();
-        let trash = self
-            .root
-            .join("staging")
-            .join(format!("deleted-{name}-{:x}", fastrand_u64()));
-        self.storage
-            .rename(&handle.dir, &trash)
-            .map_err(|e| io_error("deleting", &handle.dir, e))?;
-        self.storage
-            .sync_dir(&self.root.join("streams"))
-            .map_err(|e| io_error("syncing", &self.root, e))?;
         let _ = self.storage.remove_dir_all(&trash);
         Ok(())
     }
 
     pub fn set_partitions(&self, name: &str, count: u32) -> Result<()> {
         let handle = self.stream(name)?;
-        let _guard = self.streams.write().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.streams.write().unwrap_or_else(PoisonError::into_inner);
+        // Deleted (or deleted and created again) since it was looked up: creating
+        // partition directories now would resurrect a broken stream on disk.
+        if !guard
+            .get(name)
+            .is_some_and(|current| Arc::ptr_eq(current, &handle))
+        {
+            return Err(Error::not_found(format!("stream {name:?} does not exist")));
+        }
         let current = handle.partition_count();
         if count < current {
             return Err(Error::invalid_input(format!(

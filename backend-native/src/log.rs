@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ pub(crate) struct LogConfig {
     /// Acknowledge before writing: batches wait in memory until 256 KiB gather or the
     /// background flush runs (durability `memory`).
     pub buffered: bool,
+    /// Readers see only what is synced (durability `sync`): nothing a power loss can
+    /// take back is ever delivered, so no commit can get ahead of the log.
+    pub read_synced_only: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +239,9 @@ pub(crate) struct PartitionLog {
     /// Offset below which everything is durable. Its lock is also what makes syncs
     /// group commits: one caller syncs, the others wait and find their data covered.
     synced: Mutex<u64>,
+    /// Offset below which readers may read: everything appended, or with
+    /// `read_synced_only` everything synced.
+    visible: AtomicU64,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -268,6 +275,7 @@ impl PartitionLog {
             config,
             inner: Mutex::new(Inner::default()),
             synced: Mutex::new(0),
+            visible: AtomicU64::new(0),
         };
         {
             let mut inner = log.lock();
@@ -299,6 +307,7 @@ impl PartitionLog {
             config,
             inner: Mutex::new(Inner::default()),
             synced: Mutex::new(0),
+            visible: AtomicU64::new(0),
         };
         let mut inner = log.lock();
         if bases.is_empty() {
@@ -352,6 +361,7 @@ impl PartitionLog {
         inner.written_offset = next;
         drop(inner);
         *log.synced.lock().unwrap_or_else(PoisonError::into_inner) = next;
+        log.visible.store(next, Ordering::Release);
         Ok((log, report))
     }
 
@@ -529,9 +539,12 @@ impl PartitionLog {
         while start < records.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < records.len() && (end == start || bytes + records[end].encoded_len() <= BATCH_TARGET)
-            {
-                bytes += records[end].encoded_len() + 16;
+            while end < records.len() {
+                let size = codec::encoded_record_len(&records[end]);
+                if end > start && bytes + size > BATCH_TARGET {
+                    break;
+                }
+                bytes += size;
                 end += 1;
             }
             self.append_batch(&mut inner, &records[start..end], now)?;
@@ -554,7 +567,7 @@ impl PartitionLog {
             return Err(e);
         }
         let base = inner.next_offset;
-        let needed = HEADER_LEN + records.iter().map(|r| r.encoded_len() + 24).sum::<usize>();
+        let needed = HEADER_LEN + records.iter().map(codec::encoded_record_len).sum::<usize>();
         if inner.arena.capacity() < needed {
             inner.arena.reserve(needed.max(ARENA_BYTES));
         }
@@ -599,6 +612,9 @@ impl PartitionLog {
             }
         } else {
             inner.written_offset = inner.next_offset;
+        }
+        if !self.config.read_synced_only {
+            self.visible.store(inner.next_offset, Ordering::Release);
         }
         // Unwritten batches stay: until written, the cache is the only copy readers have.
         while inner.cache_bytes > self.config.cache_bytes
@@ -674,6 +690,9 @@ impl PartitionLog {
         match file.sync_data() {
             Ok(()) => {
                 *synced = upto;
+                if self.config.read_synced_only {
+                    self.visible.fetch_max(upto, Ordering::AcqRel);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -717,7 +736,8 @@ impl PartitionLog {
             {
                 return Err(Error::new(ErrorKind::Corruption, d.message.clone()));
             }
-            if from >= inner.next_offset {
+            let visible = self.visible.load(Ordering::Acquire).min(inner.next_offset);
+            if from >= visible {
                 return Ok(Vec::new());
             }
             let cache_start = inner.cache.front().map_or(u64::MAX, |c| c.header.base_offset);
@@ -727,6 +747,7 @@ impl PartitionLog {
                 let batches: Vec<Cached> = inner
                     .cache
                     .range(first..)
+                    .take_while(|c| c.header.base_offset < visible)
                     .scan(0usize, |taken, c| {
                         (*taken < max).then(|| {
                             *taken += c.header.record_count as usize;
@@ -739,7 +760,7 @@ impl PartitionLog {
                 let Some((_, segment)) = inner.segments.range(..=from).next_back() else {
                     return Ok(Vec::new());
                 };
-                let limit = inner.damage.as_ref().map_or(u64::MAX, |d| d.offset);
+                let limit = inner.damage.as_ref().map_or(visible, |d| d.offset.min(visible));
                 (
                     None,
                     Some((
@@ -858,7 +879,9 @@ impl PartitionLog {
         loop {
             let victim = {
                 let inner = self.lock();
-                if inner.segments.len() < 2 {
+                // Segments past damage were never scanned (their times are unknown):
+                // a damaged partition is kept whole for someone to look at.
+                if inner.segments.len() < 2 || inner.damage.is_some() {
                     return Ok(removed);
                 }
                 let total: u64 = inner.segments.values().map(|s| s.size).sum();

@@ -13,8 +13,20 @@ use tributary_core::{Error, ErrorKind, Record, Result, Timestamp};
 use crate::codec::{self, HEADER_LEN};
 use crate::storage::{Storage, StorageFile, write_atomic};
 
-/// Rewrite the log once it is this large.
+/// Rewrite the log once it is this large, and at least twice its live size.
 const COMPACT_AT: u64 = 16 * 1024 * 1024;
+/// Records per batch when rewriting, so no batch nears the decoder's size limit.
+const SNAPSHOT_BATCH: usize = 8 * 1024;
+/// A commit moved back to the end of its partition's log by recovery.
+#[derive(Debug)]
+pub(crate) struct MovedCommit {
+    pub stream: String,
+    pub group: String,
+    pub partition: u32,
+    pub was: u64,
+    pub now: u64,
+}
+
 /// A stream's commits, by group, then partition.
 pub(crate) type StreamCommits = BTreeMap<String, BTreeMap<u32, u64>>;
 
@@ -27,6 +39,11 @@ pub(crate) struct OffsetStore {
     sync: bool,
     /// stream → group → partition → next offset.
     state: BTreeMap<String, StreamCommits>,
+    /// Bytes of the last rewrite: the log is compacted again past twice this.
+    live_size: u64,
+    /// Set when a rewrite failed after the rename: the file handle may no longer be
+    /// the file at `path`, so nothing more is accepted until reopen.
+    failed: Option<String>,
 }
 
 fn key(group: &str, stream: &str, partition: Option<u32>) -> Bytes {
@@ -67,19 +84,69 @@ impl OffsetStore {
             }
             pos = end;
         }
-        if (pos as u64) < len {
-            tracing::warn!(path = %path.display(), cut = len - pos as u64, "truncating the torn tail of the offsets log");
-            file.set_len(pos as u64).map_err(io)?;
-            file.sync_data().map_err(io)?;
-        }
-        Ok(Self {
+        let damaged = (pos as u64) < len;
+        let mut store = Self {
             path,
             storage,
             file,
             size: pos as u64,
             sync,
             state,
-        })
+            live_size: 0,
+            failed: None,
+        };
+        if damaged {
+            // A torn tail, or damage in the middle: either way the commits after it are
+            // gone, and groups resume from older ones (redelivery, never a skip). The
+            // log is rewritten so later commits do not land after the bad bytes.
+            tracing::warn!(path = %store.path.display(), dropped = len - pos as u64, "the offsets log ends in damaged bytes: rewriting it from what was readable");
+            store.compact()?;
+        }
+        Ok(store)
+    }
+
+    /// Caps every commit at its partition's end (`ends`: stream → next offset per
+    /// partition) and drops commits of streams or partitions that do not exist.
+    /// Returns the commits moved.
+    ///
+    /// # Errors
+    /// The caps could not be persisted.
+    pub fn reconcile(&mut self, ends: &BTreeMap<String, Vec<u64>>) -> Result<Vec<MovedCommit>> {
+        let mut moved = Vec::new();
+        self.state.retain(|stream, _| ends.contains_key(stream));
+        for (stream, groups) in &mut self.state {
+            let partition_ends = &ends[stream];
+            for (group, commits) in groups.iter_mut() {
+                commits.retain(|p, _| (*p as usize) < partition_ends.len());
+                for (p, next) in commits.iter_mut() {
+                    let end = partition_ends[*p as usize];
+                    if *next > end {
+                        moved.push(MovedCommit {
+                            stream: stream.clone(),
+                            group: group.clone(),
+                            partition: *p,
+                            was: *next,
+                            now: end,
+                        });
+                        *next = end;
+                    }
+                }
+            }
+        }
+        // Persisted: replay keeps the last value written for each key.
+        let records: Vec<Record> = moved
+            .iter()
+            .map(|m| {
+                let mut r = Record::new(Bytes::copy_from_slice(&m.now.to_le_bytes()));
+                r.key = Some(key(&m.group, &m.stream, Some(m.partition)));
+                r
+            })
+            .collect();
+        if !records.is_empty() {
+            self.append(&records)?;
+            self.sync()?;
+        }
+        Ok(moved)
     }
 
     /// The commits of every group of `stream`.
@@ -122,10 +189,19 @@ impl OffsetStore {
         }
         let mut r = Record::new(Bytes::new());
         r.key = Some(key("", stream, None));
-        self.append(&[r])
+        self.append(&[r])?;
+        // Whatever the durability mode: a later stream of the same name must not
+        // inherit these commits.
+        self.sync()
     }
 
     fn append(&mut self, records: &[Record]) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("the offsets log refuses commits after {why}; reopen the engine"),
+            ));
+        }
         let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("offsets log: {e}"));
         let mut buf = BytesMut::with_capacity(HEADER_LEN + records.len() * 64);
         codec::encode_batch(&mut buf, 0, records, Timestamp::now());
@@ -134,7 +210,7 @@ impl OffsetStore {
         if self.sync {
             self.file.sync_data().map_err(io)?;
         }
-        if self.size > COMPACT_AT {
+        if self.size > COMPACT_AT.max(2 * self.live_size) {
             self.compact()?;
         }
         Ok(())
@@ -153,13 +229,24 @@ impl OffsetStore {
             }
         }
         let mut buf = BytesMut::new();
-        if !records.is_empty() {
-            codec::encode_batch(&mut buf, 0, &records, Timestamp::now());
+        for chunk in records.chunks(SNAPSHOT_BATCH) {
+            codec::encode_batch(&mut buf, 0, chunk, Timestamp::now());
         }
         let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("compacting the offsets log: {e}"));
-        write_atomic(&*self.storage, &self.path, &buf).map_err(io)?;
-        self.file = self.storage.open(&self.path, false).map_err(io)?;
+        if let Err(e) = write_atomic(&*self.storage, &self.path, &buf) {
+            // The rename may have happened: the old handle may point at an unlinked file.
+            self.failed = Some(format!("a failed rewrite ({e})"));
+            return Err(io(e));
+        }
+        match self.storage.open(&self.path, false) {
+            Ok(file) => self.file = file,
+            Err(e) => {
+                self.failed = Some(format!("a failed reopen after a rewrite ({e})"));
+                return Err(io(e));
+            }
+        }
         self.size = buf.len() as u64;
+        self.live_size = self.size;
         Ok(())
     }
 
@@ -184,12 +271,12 @@ fn apply(state: &mut BTreeMap<String, StreamCommits>, key: &[u8], value: &[u8]) 
     let (Ok(p), Ok(bytes)) = (partition.parse::<u32>(), <[u8; 8]>::try_from(value)) else {
         return;
     };
-    let slot = state
+    // The last value wins: commits are appended only when they rise, except when a
+    // recovery moved one back to the end of its log.
+    state
         .entry(stream.to_owned())
         .or_default()
         .entry(group.to_owned())
         .or_default()
-        .entry(p)
-        .or_insert(0);
-    *slot = (*slot).max(u64::from_le_bytes(bytes));
+        .insert(p, u64::from_le_bytes(bytes));
 }
