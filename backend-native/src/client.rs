@@ -66,6 +66,20 @@ impl NativeProducer {
     }
 }
 
+/// Makes what was written to `log` below `end` durable (a group commit, off the async
+/// threads). A failure is `Indeterminate`: the records were written but may not
+/// survive, so they are neither acknowledged nor failed.
+async fn sync_written(log: Arc<PartitionLog>, end: u64) -> Result<()> {
+    let synced = tokio::task::spawn_blocking(move || log.sync_to(end)).await;
+    let outcome = synced.unwrap_or_else(|e| Err(Error::new(ErrorKind::Backend, format!("sync task: {e}"))));
+    outcome.map_err(|e| {
+        Error::new(
+            ErrorKind::Indeterminate,
+            format!("written but not made durable: {e}"),
+        )
+    })
+}
+
 impl NativeProducer {
     /// The common case of a send whose records all go to one partition (every
     /// single-record send): no regrouping.
@@ -87,14 +101,7 @@ impl NativeProducer {
         stream.notify.notify_waiters();
         if self.engine.config.durability == Durability::Sync {
             let end = base + records.len() as u64;
-            let synced = tokio::task::spawn_blocking(move || log.sync_to(end)).await;
-            let outcome =
-                synced.unwrap_or_else(|e| Err(Error::new(ErrorKind::Backend, format!("sync task: {e}"))));
-            if let Err(e) = outcome {
-                let e = Error::new(
-                    ErrorKind::Indeterminate,
-                    format!("written but not made durable: {e}"),
-                );
+            if let Err(e) = sync_written(log, end).await {
                 return Err(SendError::nothing_sent(e, records));
             }
             // Readers of a `sync` engine see records once synced: wake them now.
@@ -170,15 +177,7 @@ impl Producer for NativeProducer {
         }
         handle.notify.notify_waiters();
         for (log, end, indexes, recs) in to_sync {
-            let synced = tokio::task::spawn_blocking(move || log.sync_to(end)).await;
-            let outcome =
-                synced.unwrap_or_else(|e| Err(Error::new(ErrorKind::Backend, format!("sync task: {e}"))));
-            if let Err(e) = outcome {
-                // Written but perhaps not durable: neither acknowledged nor failed.
-                let e = Error::new(
-                    ErrorKind::Indeterminate,
-                    format!("written but not made durable: {e}"),
-                );
+            if let Err(e) = sync_written(log, end).await {
                 for &i in &indexes {
                     deliveries[i] = None;
                 }
@@ -496,17 +495,9 @@ impl Consumer for NativeConsumer {
             if !records.is_empty() {
                 return Ok(records);
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if !tributary_core::group::wait_for_news(notified.as_mut(), deadline, heartbeat, look_again).await
+            {
                 return Ok(Vec::new());
-            }
-            let mut wake = deadline.min(now + heartbeat);
-            if let Some(at) = look_again {
-                wake = wake.min(tokio::time::Instant::from_std(at));
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(wake) => {}
             }
         }
     }

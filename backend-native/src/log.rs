@@ -495,10 +495,9 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Seals the active segment (data and index durable) and starts a new one.
-    fn roll(&self, inner: &mut Inner) -> Result<()> {
-        self.write_out(inner)?;
-        let next = inner.next_offset;
+    /// Makes the active segment's data durable and saves its index, so the next open
+    /// needs no scan of it.
+    fn save_active(&self, inner: &Inner) -> Result<()> {
         if let Some((_, active)) = inner.segments.iter().next_back() {
             active
                 .file
@@ -507,6 +506,14 @@ impl PartitionLog {
             write_atomic(&*self.storage, &active.index_path(), &active.index_bytes())
                 .map_err(|e| io_error("writing the index of", &active.path, e))?;
         }
+        Ok(())
+    }
+
+    /// Seals the active segment (data and index durable) and starts a new one.
+    fn roll(&self, inner: &mut Inner) -> Result<()> {
+        self.write_out(inner)?;
+        let next = inner.next_offset;
+        self.save_active(inner)?;
         self.new_segment(inner, next)
     }
 
@@ -922,15 +929,7 @@ impl PartitionLog {
             return Ok(());
         }
         self.write_out(&mut inner)?;
-        if let Some((_, active)) = inner.segments.iter().next_back() {
-            active
-                .file
-                .sync_data()
-                .map_err(|e| io_error("syncing", &active.path, e))?;
-            write_atomic(&*self.storage, &active.index_path(), &active.index_bytes())
-                .map_err(|e| io_error("writing the index of", &active.path, e))?;
-        }
-        Ok(())
+        self.save_active(&inner)
     }
 }
 

@@ -13,6 +13,31 @@ use crate::ack::AckTracker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{Offset, PartitionId};
 
+/// Waits for news in a poll loop: until `notified` fires (an append or a group
+/// change), the poll's `deadline`, the next `heartbeat` (a member must show it is
+/// alive), or `look_again` (a partition's holder may be evicted then). Returns false
+/// when the deadline had passed already: the poll should return what it has.
+pub async fn wait_for_news(
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    deadline: tokio::time::Instant,
+    heartbeat: Duration,
+    look_again: Option<Instant>,
+) -> bool {
+    let now = tokio::time::Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    let mut wake = deadline.min(now + heartbeat);
+    if let Some(at) = look_again {
+        wake = wake.min(tokio::time::Instant::from_std(at));
+    }
+    tokio::select! {
+        () = notified => {}
+        () = tokio::time::sleep_until(wake) => {}
+    }
+    true
+}
+
 /// Identifies a member within an engine.
 pub type MemberId = u64;
 

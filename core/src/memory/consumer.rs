@@ -232,17 +232,8 @@ impl Consumer for MemoryConsumer {
                 }
                 look_again
             };
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if !crate::group::wait_for_news(notified.as_mut(), deadline, heartbeat, look_again).await {
                 return Ok(Vec::new());
-            }
-            let mut wake = deadline.min(now + heartbeat);
-            if let Some(at) = look_again {
-                wake = wake.min(tokio::time::Instant::from_std(at));
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
