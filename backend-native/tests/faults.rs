@@ -18,6 +18,9 @@ const OK: u8 = 0;
 const SYNC_EIO: u8 = 1;
 const WRITE_ENOSPC: u8 = 2;
 const SHORT_WRITE: u8 = 3;
+/// One failed fdatasync, then syncs succeed again: a retry would now "work", and must
+/// still not be trusted.
+const SYNC_EIO_ONCE: u8 = 4;
 
 /// The real disk, except that segment files fail as `mode` says.
 #[derive(Debug)]
@@ -47,8 +50,15 @@ impl StorageFile for FaultyFile {
         self.inner.read_at(buf, pos)
     }
     fn sync_data(&self) -> io::Result<()> {
-        if self.segment && self.mode.load(Ordering::SeqCst) == SYNC_EIO {
-            return Err(io::Error::from_raw_os_error(5));
+        if self.segment {
+            match self.mode.load(Ordering::SeqCst) {
+                SYNC_EIO => return Err(io::Error::from_raw_os_error(5)),
+                SYNC_EIO_ONCE => {
+                    self.mode.store(OK, Ordering::SeqCst);
+                    return Err(io::Error::from_raw_os_error(5));
+                }
+                _ => {}
+            }
         }
         self.inner.sync_data()
     }
@@ -189,6 +199,23 @@ async fn fsync_failure_in_sync_mode_acknowledges_nothing_after_it() {
     );
     let after = reread(dir.path()).await;
     summary("fsync EIO", &o, &after);
+    for v in &o.acked {
+        assert!(after.contains(v), "acknowledged {v} was lost");
+    }
+}
+
+#[tokio::test]
+async fn a_sync_that_failed_once_is_never_retried_into_an_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), Durability::Sync, SYNC_EIO_ONCE).await;
+    assert_eq!(o.acked.len(), 24, "everything before the fault was acknowledged");
+    assert_eq!(
+        o.errors.len(),
+        56,
+        "nothing after it, although later syncs would succeed"
+    );
+    let after = reread(dir.path()).await;
+    summary("fsync EIO once", &o, &after);
     for v in &o.acked {
         assert!(after.contains(v), "acknowledged {v} was lost");
     }
