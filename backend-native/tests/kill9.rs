@@ -25,7 +25,10 @@ fn child(dir: &str, cycle: u64) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let engine = NativeBackend::open(NativeConfig::at(dir)).unwrap();
+        // Small segments: kills also land during rolls (seal, index write, new file).
+        let mut config = NativeConfig::at(dir);
+        config.segment_bytes = 64 * 1024;
+        let engine = NativeBackend::open(config).unwrap();
         let admin = engine.admin().await.unwrap();
         if admin.describe_stream("crash").await.is_err() {
             admin
