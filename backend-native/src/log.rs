@@ -173,6 +173,58 @@ pub fn check_index(bytes: &[u8], base: u64) -> bool {
     parse_index(bytes, base).is_some()
 }
 
+const CHECKPOINT_MAGIC: [u8; 4] = *b"TRC\x01";
+const CHECKPOINT_SLOT: usize = 32;
+const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// How far a partition is known to be durable: everything before `position` of the
+/// segment based at `base` (and every earlier segment) was synced. Kept in two
+/// CRC-checked slots written in turn without a sync of their own: a lost or torn
+/// write only leaves the older slot, which is conservative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Checkpoint {
+    base: u64,
+    position: u64,
+}
+
+fn encode_checkpoint(seq: u64, c: Checkpoint) -> [u8; CHECKPOINT_SLOT] {
+    let mut slot = [0u8; CHECKPOINT_SLOT];
+    slot[0..4].copy_from_slice(&CHECKPOINT_MAGIC);
+    slot[8..16].copy_from_slice(&seq.to_le_bytes());
+    slot[16..24].copy_from_slice(&c.base.to_le_bytes());
+    slot[24..32].copy_from_slice(&c.position.to_le_bytes());
+    let crc = crc32c::crc32c(&slot[8..]);
+    slot[4..8].copy_from_slice(&crc.to_le_bytes());
+    slot
+}
+
+/// The newest valid slot: (sequence number, checkpoint).
+fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, Checkpoint)> {
+    bytes
+        .chunks_exact(CHECKPOINT_SLOT)
+        .take(2)
+        .filter(|slot| slot[0..4] == CHECKPOINT_MAGIC)
+        .filter(|slot| slot[4..8] == crc32c::crc32c(&slot[8..]).to_le_bytes())
+        .map(|slot| {
+            let word = |i: usize| u64::from_le_bytes(slot[i..i + 8].try_into().unwrap_or([0; 8]));
+            (
+                word(8),
+                Checkpoint {
+                    base: word(16),
+                    position: word(24),
+                },
+            )
+        })
+        .max_by_key(|(seq, _)| *seq)
+}
+
+#[derive(Debug, Default)]
+struct CheckpointFile {
+    file: Option<Arc<dyn StorageFile>>,
+    seq: u64,
+    last: Checkpoint,
+}
+
 /// What recovery found when a partition was opened.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -242,6 +294,7 @@ pub(crate) struct PartitionLog {
     /// Offset below which readers may read: everything appended, or with
     /// `read_synced_only` everything synced.
     visible: AtomicU64,
+    checkpoint: Mutex<CheckpointFile>,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -276,12 +329,65 @@ impl PartitionLog {
             inner: Mutex::new(Inner::default()),
             synced: Mutex::new(0),
             visible: AtomicU64::new(0),
+            checkpoint: Mutex::default(),
         };
         {
             let mut inner = log.lock();
             log.new_segment(&mut inner, 0)?;
         }
+        log.open_checkpoint(None)?;
         Ok(log)
+    }
+
+    /// Opens (creating, durably, if missing) the checkpoint file and records `durable`.
+    fn open_checkpoint(&self, durable: Option<Checkpoint>) -> Result<()> {
+        let path = self.dir.join(CHECKPOINT_FILE);
+        let existed = self.storage.exists(&path);
+        let file = self
+            .storage
+            .open(&path, true)
+            .map_err(|e| io_error("opening", &path, e))?;
+        if !existed {
+            file.write_all_at(&encode_checkpoint(1, Checkpoint::default()), 0)
+                .and_then(|()| file.sync_data())
+                .and_then(|()| self.storage.sync_dir(&self.dir))
+                .map_err(|e| io_error("creating", &path, e))?;
+        }
+        let mut bytes = [0u8; 2 * CHECKPOINT_SLOT];
+        let n = file
+            .read_at(&mut bytes, 0)
+            .map_err(|e| io_error("reading", &path, e))?;
+        let (seq, last) = decode_checkpoint(&bytes[..n]).unwrap_or_default();
+        *self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner) = CheckpointFile {
+            file: Some(file),
+            seq,
+            last,
+        };
+        if let Some(c) = durable {
+            self.record_durable(c);
+        }
+        Ok(())
+    }
+
+    /// Notes that everything before `c` is durable (only ever forward). A failed
+    /// write is only logged: the older checkpoint stays, which is conservative.
+    fn record_durable(&self, c: Checkpoint) {
+        let mut ck = self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
+        if c <= ck.last {
+            return;
+        }
+        let Some(file) = ck.file.clone() else { return };
+        let seq = ck.seq + 1;
+        let slot = (seq % 2) * CHECKPOINT_SLOT as u64;
+        match file.write_all_at(&encode_checkpoint(seq, c), slot) {
+            Ok(()) => {
+                ck.seq = seq;
+                ck.last = c;
+            }
+            Err(e) => {
+                tracing::warn!(partition = %self.dir.display(), error = %e, "could not record the durable position")
+            }
+        }
     }
 
     /// Opens the partition in `dir`, recovering from an unclean shutdown.
@@ -308,14 +414,21 @@ impl PartitionLog {
             inner: Mutex::new(Inner::default()),
             synced: Mutex::new(0),
             visible: AtomicU64::new(0),
+            checkpoint: Mutex::default(),
         };
         let mut inner = log.lock();
         if bases.is_empty() {
             log.new_segment(&mut inner, 0)?;
             drop(inner);
+            log.open_checkpoint(None)?;
             return Ok((log, report));
         }
         let last = bases.len() - 1;
+        let checkpoint = read_all(&*storage, &dir.join(CHECKPOINT_FILE))
+            .ok()
+            .and_then(|b| decode_checkpoint(&b))
+            .map(|(_, c)| c);
+        let mut unclean = false;
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(&dir, base);
             let file = storage
@@ -336,7 +449,8 @@ impl PartitionLog {
             let expected_end = bases.get(i + 1).copied();
             if inner.damage.is_none() && !segment.load_index(&*storage) {
                 report.scanned_bytes += segment.size;
-                log.scan(&mut segment, i == last, &mut report, &mut inner)?;
+                unclean |= i == last;
+                log.scan(&mut segment, i == last, checkpoint, &mut report, &mut inner)?;
             }
             if let (Some(end), None) = (expected_end, &inner.damage)
                 && segment.next_offset != end
@@ -359,7 +473,23 @@ impl PartitionLog {
         }
         let next = inner.next_offset;
         inner.written_offset = next;
+        // After an unclean shutdown the recovered tail may still sit in the page cache
+        // only: sync it before calling it durable.
+        let durable = match inner.segments.iter().next_back() {
+            Some((_, active)) if unclean && inner.damage.is_none() => {
+                active
+                    .file
+                    .sync_data()
+                    .map_err(|e| io_error("syncing", &active.path, e))?;
+                Some(Checkpoint {
+                    base: active.base,
+                    position: active.size,
+                })
+            }
+            _ => None,
+        };
         drop(inner);
+        log.open_checkpoint(durable)?;
         *log.synced.lock().unwrap_or_else(PoisonError::into_inner) = next;
         log.visible.store(next, Ordering::Release);
         Ok((log, report))
@@ -372,6 +502,7 @@ impl PartitionLog {
         &self,
         segment: &mut Segment,
         is_last: bool,
+        checkpoint: Option<Checkpoint>,
         report: &mut RecoveryReport,
         inner: &mut Inner,
     ) -> Result<()> {
@@ -415,7 +546,17 @@ impl PartitionLog {
         let Some(why) = failure else {
             return Ok(());
         };
-        if self.valid_batch_after(segment, pos, expected) || !is_last {
+        // Past the last synced position, a power loss may have kept later pages and lost
+        // earlier ones (writeback has no order): damage there is a torn tail, whatever
+        // follows it. Before it, the bytes were durable: damage is real and reported.
+        let past_durable = checkpoint.is_some_and(|c| {
+            Checkpoint {
+                base: segment.base,
+                position: pos,
+            } >= c
+        });
+        let in_the_middle = !is_last || (!past_durable && self.valid_batch_after(segment, pos, expected));
+        if in_the_middle {
             inner.damage = Some(Damage {
                 offset: expected,
                 message: format!("{} at byte {pos}: {why}", segment.path.display()),
@@ -514,7 +655,12 @@ impl PartitionLog {
         self.write_out(inner)?;
         let next = inner.next_offset;
         self.save_active(inner)?;
-        self.new_segment(inner, next)
+        self.new_segment(inner, next)?;
+        self.record_durable(Checkpoint {
+            base: next,
+            position: 0,
+        });
+        Ok(())
     }
 
     fn check_writable(inner: &Inner) -> Result<()> {
@@ -678,7 +824,7 @@ impl PartitionLog {
         if *synced >= target {
             return Ok(());
         }
-        let (file, path, upto) = {
+        let (file, path, upto, durable) = {
             let mut inner = self.lock();
             self.write_out(&mut inner)?;
             if let Some(why) = &inner.poisoned {
@@ -690,13 +836,23 @@ impl PartitionLog {
             let Some((_, active)) = inner.segments.iter().next_back() else {
                 return Ok(());
             };
-            let found = (active.file.clone(), active.path.clone(), inner.next_offset);
+            let found = (
+                active.file.clone(),
+                active.path.clone(),
+                inner.next_offset,
+                Checkpoint {
+                    base: active.base,
+                    position: active.written,
+                },
+            );
             inner.dirty = false;
             found
         };
+
         match file.sync_data() {
             Ok(()) => {
                 *synced = upto;
+                self.record_durable(durable);
                 if self.config.read_synced_only {
                     self.visible.fetch_max(upto, Ordering::AcqRel);
                 }
@@ -929,7 +1085,14 @@ impl PartitionLog {
             return Ok(());
         }
         self.write_out(&mut inner)?;
-        self.save_active(&inner)
+        self.save_active(&inner)?;
+        if let Some((_, active)) = inner.segments.iter().next_back() {
+            self.record_durable(Checkpoint {
+                base: active.base,
+                position: active.written,
+            });
+        }
+        Ok(())
     }
 }
 
