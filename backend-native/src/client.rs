@@ -531,11 +531,7 @@ impl Consumer for NativeConsumer {
     }
 
     fn assignment(&self) -> Vec<PartitionId> {
-        self.cursors
-            .positions
-            .keys()
-            .map(|p| PartitionId::from_index(*p))
-            .collect()
+        self.cursors.assignment()
     }
 
     async fn close(&mut self) -> Result<()> {

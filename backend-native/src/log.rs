@@ -317,12 +317,8 @@ impl PartitionLog {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Creates an empty partition in `dir` (which must not exist yet).
-    pub fn create(dir: PathBuf, storage: Arc<dyn Storage>, config: LogConfig) -> Result<Self> {
-        storage
-            .create_dir_all(&dir)
-            .map_err(|e| io_error("creating", &dir, e))?;
-        let log = Self {
+    fn empty(dir: PathBuf, storage: Arc<dyn Storage>, config: LogConfig) -> Self {
+        Self {
             dir,
             storage,
             config,
@@ -330,7 +326,15 @@ impl PartitionLog {
             synced: Mutex::new(0),
             visible: AtomicU64::new(0),
             checkpoint: Mutex::default(),
-        };
+        }
+    }
+
+    /// Creates an empty partition in `dir` (which must not exist yet).
+    pub fn create(dir: PathBuf, storage: Arc<dyn Storage>, config: LogConfig) -> Result<Self> {
+        storage
+            .create_dir_all(&dir)
+            .map_err(|e| io_error("creating", &dir, e))?;
+        let log = Self::empty(dir, storage, config);
         {
             let mut inner = log.lock();
             log.new_segment(&mut inner, 0)?;
@@ -407,15 +411,7 @@ impl PartitionLog {
             }
         }
         bases.sort_unstable();
-        let log = Self {
-            dir: dir.clone(),
-            storage: storage.clone(),
-            config,
-            inner: Mutex::new(Inner::default()),
-            synced: Mutex::new(0),
-            visible: AtomicU64::new(0),
-            checkpoint: Mutex::default(),
-        };
+        let log = Self::empty(dir.clone(), storage.clone(), config);
         let mut inner = log.lock();
         if bases.is_empty() {
             log.new_segment(&mut inner, 0)?;

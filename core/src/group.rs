@@ -85,6 +85,14 @@ impl Cursors {
             })
     }
 
+    /// The held partitions, ordered.
+    pub fn assignment(&self) -> Vec<PartitionId> {
+        self.positions
+            .keys()
+            .map(|p| PartitionId::from_index(*p))
+            .collect()
+    }
+
     fn drop_all(&mut self) {
         for p in std::mem::take(&mut self.positions).into_keys() {
             self.acks.forget(&PartitionId::from_index(p));
