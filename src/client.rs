@@ -28,6 +28,8 @@ impl Client {
             Config::Memory(c) => Arc::new(MemoryBackend::new(c)?),
             #[cfg(feature = "native")]
             Config::Native(c) => Arc::new(tributary_native::NativeBackend::open(c)?),
+            #[cfg(feature = "kafka")]
+            Config::Kafka(c) => Arc::new(tributary_kafka::KafkaBackend::new(c)?),
         };
         Ok(Self { backend })
     }

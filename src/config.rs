@@ -15,12 +15,19 @@ use tributary_core::{BackendUrl, Error, MemoryConfig, Result, describe_config_er
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
 #[non_exhaustive]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per connection; boxing would only make matching on it clumsier"
+)]
 pub enum Config {
     /// The in-memory engine (`memory://`), always compiled in.
     Memory(MemoryConfig),
     /// The embedded durable log (`native:///path`), feature `native` (default).
     #[cfg(feature = "native")]
     Native(tributary_native::NativeConfig),
+    /// An Apache Kafka cluster (feature `kafka`).
+    #[cfg(feature = "kafka")]
+    Kafka(tributary_kafka::KafkaConfig),
 }
 
 /// Whether this build of Tributary can use a URL scheme.
@@ -44,12 +51,14 @@ const SCHEMES: &[(&str, Option<&str>)] = &[
 
 /// Schemes whose backend is compiled in.
 fn compiled(scheme: &str) -> bool {
-    scheme == "memory" || (scheme == "native" && cfg!(feature = "native"))
+    scheme == "memory"
+        || (scheme == "native" && cfg!(feature = "native"))
+        || (scheme == "kafka" && cfg!(feature = "kafka"))
 }
 
 /// Features that exist in this version's Cargo.toml.
 fn feature_exists(feature: &str) -> bool {
-    feature == "native"
+    matches!(feature, "native" | "kafka")
 }
 
 /// How this build supports `scheme`; `None` for a scheme Tributary does not know.
@@ -101,6 +110,8 @@ impl Config {
             "memory" => Ok(Self::Memory(MemoryConfig::from_url(&parsed)?)),
             #[cfg(feature = "native")]
             "native" => Ok(Self::Native(tributary_native::NativeConfig::from_url(&parsed)?)),
+            #[cfg(feature = "kafka")]
+            "kafka" => Ok(Self::Kafka(tributary_kafka::KafkaConfig::from_url(&parsed)?)),
             other => Err(unusable(other)),
         }
     }
@@ -132,6 +143,8 @@ impl Config {
             "memory" => Self::Memory(backend_settings(&backend, table)?),
             #[cfg(feature = "native")]
             "native" => Self::Native(backend_settings(&backend, table)?),
+            #[cfg(feature = "kafka")]
+            "kafka" => Self::Kafka(backend_settings(&backend, table)?),
             other => return Err(unusable(other)),
         };
         config.validate()?;
@@ -175,6 +188,8 @@ impl Config {
             Self::Memory(_) => "memory",
             #[cfg(feature = "native")]
             Self::Native(_) => "native",
+            #[cfg(feature = "kafka")]
+            Self::Kafka(_) => "kafka",
         }
     }
 
@@ -183,6 +198,8 @@ impl Config {
             Self::Memory(c) => c.validate(),
             #[cfg(feature = "native")]
             Self::Native(c) => c.validate(),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(c) => c.validate(),
         }
     }
 }

@@ -6,6 +6,9 @@ mod config;
 pub use client::Client;
 pub use config::{Config, SchemeSupport, scheme_support};
 pub use tributary_core::*;
+/// The Kafka backend's settings and handle (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub use tributary_kafka::{KafkaBackend, KafkaConfig};
 /// The native engine's own settings and handle (feature `native`).
 #[cfg(feature = "native")]
 pub use tributary_native::{Durability, NativeBackend, NativeConfig};

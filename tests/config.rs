@@ -184,3 +184,27 @@ fn native_feature_off_says_which_feature() {
     let err = Config::from_url("native:///tmp/x").unwrap_err();
     assert!(err.to_string().contains("enable the `native` feature"), "{err}");
 }
+
+#[cfg(feature = "kafka")]
+#[test]
+fn kafka_from_url_and_toml() {
+    let Config::Kafka(kafka) = Config::from_url("kafka://b1:9092,b2:9092?linger=1ms").unwrap() else {
+        panic!("kafka")
+    };
+    assert_eq!(kafka.bootstrap, "b1:9092,b2:9092");
+    assert_eq!(kafka.linger, Duration::from_millis(1));
+    let text = "backend = \"kafka\"\nbootstrap = \"b1:9092\"\ncompression = \"zstd\"\n\
+                [librdkafka]\n\"fetch.wait.max.ms\" = \"50\"\n";
+    let Config::Kafka(kafka) = Config::from_toml_str(text).unwrap() else {
+        panic!("kafka")
+    };
+    assert_eq!(
+        kafka.librdkafka.get("fetch.wait.max.ms").map(String::as_str),
+        Some("50")
+    );
+    let err = Config::from_toml_str(
+        "backend = \"kafka\"\nbootstrap = \"b1:9092\"\n[librdkafka]\n\"enable.auto.commit\" = \"true\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("enable.auto.commit"), "{err}");
+}

@@ -75,15 +75,7 @@ impl NativeBackend {
 #[async_trait]
 impl Backend for NativeBackend {
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::none();
-        caps.consumer_groups = true;
-        caps.headers = true;
-        caps.event_timestamps = true;
-        caps.seek_to_timestamp = true;
-        caps.dynamic_partitions = true;
-        caps.durable = true;
-        caps.max_record_bytes = Some(self.engine.config.max_record_bytes);
-        caps
+        Capabilities::durable_log(self.engine.config.max_record_bytes)
     }
 
     async fn producer(&self, _config: ProducerConfig) -> Result<Box<dyn Producer>> {

@@ -38,4 +38,19 @@ impl Capabilities {
             max_record_bytes: None,
         }
     }
+
+    /// What a durable partitioned log with Kafka's feature set offers: groups,
+    /// headers, event timestamps, time seeks, growing partition counts, durability,
+    /// and records up to `max_record_bytes`.
+    pub const fn durable_log(max_record_bytes: usize) -> Self {
+        Self {
+            consumer_groups: true,
+            headers: true,
+            event_timestamps: true,
+            seek_to_timestamp: true,
+            dynamic_partitions: true,
+            durable: true,
+            max_record_bytes: Some(max_record_bytes),
+        }
+    }
 }

@@ -1,0 +1,601 @@
+//! The consumer. Broadcast: every partition assigned by hand, start positions resolved
+//! when the consumer is made, new partitions added as metadata shows them. Group: a
+//! cooperative-sticky subscription whose commits carry only acknowledged records (the
+//! AckTracker's low watermark), committed again when partitions are revoked or the
+//! consumer closes.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt as _, StreamExt as _};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::{ClientContext, Offset as KafkaOffset, TopicPartitionList};
+use tributary_core::{
+    AckTracker, Bytes, Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Headers, Offset,
+    PartitionId, Received, Result, StartFrom, Timestamp, async_trait, validate_group_name,
+    validate_stream_name,
+};
+
+use crate::config::{KafkaConfig, Role};
+use crate::error;
+use crate::metadata::{blocking, fetch_partition_count, retry_transient};
+
+type Client = StreamConsumer<GroupContext>;
+
+/// What the rebalance callbacks and the consumer share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Partitions this member owns now.
+    assigned: BTreeSet<i32>,
+    acks: AckTracker,
+}
+
+/// Runs inside librdkafka's rebalance callback, on the thread that polls.
+struct GroupContext {
+    topic: Arc<str>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = revoked
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        if consumer.assignment_lost() {
+            tracing::warn!(topic = %self.topic, ?partitions, "kafka group: assignment lost; acknowledged records not committed will be redelivered");
+        } else {
+            let committable = {
+                let shared = lock(&self.shared);
+                partitions
+                    .iter()
+                    .filter_map(|p| {
+                        shared
+                            .acks
+                            .committable(&PartitionId::from_index(index_of(*p)))
+                            .map(|o| (*p, o.clone()))
+                    })
+                    .collect::<Vec<_>>()
+            };
+            if !committable.is_empty() {
+                match commit_list(&self.topic, &committable).and_then(|tpl| {
+                    consumer
+                        .commit(&tpl, CommitMode::Sync)
+                        .map_err(|e| error::convert("commit on revoke", e))
+                }) {
+                    Ok(()) => {
+                        let mut shared = lock(&self.shared);
+                        for (p, o) in committable {
+                            shared.acks.committed(&PartitionId::from_index(index_of(p)), o);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, error = %e, "kafka group: commit on revoke failed; those records will be redelivered")
+                    }
+                }
+            }
+        }
+        let mut shared = lock(&self.shared);
+        for p in partitions {
+            shared.assigned.remove(&p);
+            shared.acks.forget(&PartitionId::from_index(index_of(p)));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let mut shared = lock(&self.shared);
+            for e in assigned.elements_for_topic(&self.topic) {
+                shared.assigned.insert(e.partition());
+                shared
+                    .acks
+                    .assign(&PartitionId::from_index(index_of(e.partition())));
+            }
+        }
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn index_of(partition: i32) -> u32 {
+    u32::try_from(partition).unwrap_or_default()
+}
+
+/// The commit list for acknowledged offsets: Kafka commits the next offset to read.
+fn commit_list(topic: &str, acked: &[(i32, Offset)]) -> Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::with_capacity(acked.len());
+    for (partition, offset) in acked {
+        let next = kafka_offset(offset)? + 1;
+        tpl.add_partition_offset(topic, *partition, KafkaOffset::Offset(next))
+            .map_err(|e| error::convert("building a commit", e))?;
+    }
+    Ok(tpl)
+}
+
+fn kafka_offset(offset: &Offset) -> Result<i64> {
+    offset
+        .as_u64()
+        .and_then(|o| i64::try_from(o).ok())
+        .ok_or_else(|| Error::invalid_input(format!("{offset} is not a Kafka offset")))
+}
+
+fn kafka_partition(partition: &PartitionId) -> Result<i32> {
+    partition
+        .index()
+        .and_then(|i| i32::try_from(i).ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotAssigned,
+                format!("partition {partition} is not a Kafka partition"),
+            )
+        })
+}
+
+/// Reads one topic, as a group member or alone.
+pub struct KafkaConsumer {
+    topic: Arc<str>,
+    group: Option<String>,
+    config: Arc<KafkaConfig>,
+    client: Option<Arc<Client>>,
+    shared: Arc<Mutex<Shared>>,
+    /// Records taken from librdkafka and not yet returned (keeps `poll` cancel safe).
+    buffer: VecDeque<Received>,
+    /// Broadcast: partitions assigned so far, and when metadata was last checked.
+    broadcast_partitions: u32,
+    metadata_checked: Instant,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("closed", &self.client.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaConsumer {
+    pub(crate) async fn new(config: Arc<KafkaConfig>, consumer: ConsumerConfig) -> Result<Self> {
+        validate_stream_name(&consumer.stream)?;
+        let group = match &consumer.mode {
+            ConsumerMode::Group(g) => {
+                validate_group_name(g)?;
+                Some(g.clone())
+            }
+            ConsumerMode::Broadcast => None,
+        };
+        let topic: Arc<str> = Arc::from(consumer.stream.as_str());
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let context = GroupContext {
+            topic: topic.clone(),
+            shared: shared.clone(),
+        };
+        // librdkafka needs a group id even to assign partitions by hand; a broadcast
+        // consumer gets one of its own that never joins a group nor commits.
+        let client_group = group
+            .clone()
+            .unwrap_or_else(|| format!("tributary-broadcast-{:016x}", fastrand::u64(..)));
+        let client: Arc<Client> = Arc::new(
+            config
+                .client_config(Role::Consumer, Some(&client_group))
+                .create_with_context(context)
+                .map_err(|e| error::convert("creating a consumer", e))?,
+        );
+        let timeout = config.operation_timeout;
+        let partitions = {
+            let (client, name) = (client.clone(), topic.clone());
+            blocking(move || fetch_partition_count(client.client(), &name, timeout)).await??
+        };
+        let mut this = Self {
+            topic,
+            group,
+            config,
+            client: Some(client.clone()),
+            shared,
+            buffer: VecDeque::new(),
+            broadcast_partitions: 0,
+            metadata_checked: Instant::now(),
+        };
+        match &this.group {
+            None => {
+                let starts = this.resolve_starts(0..partitions, consumer.start.clone()).await?;
+                let tpl = this.position_list(&starts)?;
+                client
+                    .assign(&tpl)
+                    .map_err(|e| error::convert("assigning partitions", e))?;
+                this.broadcast_partitions = partitions;
+                let mut shared = lock(&this.shared);
+                shared
+                    .assigned
+                    .extend(0..i32::try_from(partitions).unwrap_or(i32::MAX));
+            }
+            Some(_) => {
+                if consumer.start != StartFrom::Earliest {
+                    this.record_group_start(partitions, consumer.start.clone())
+                        .await?;
+                }
+                client
+                    .subscribe(&[&this.topic])
+                    .map_err(|e| error::convert("subscribing", e))?;
+            }
+        }
+        Ok(this)
+    }
+
+    fn client(&self) -> Result<&Arc<Client>> {
+        self.client.as_ref().ok_or_else(|| Error::closed("consumer"))
+    }
+
+    fn position_list(&self, starts: &[(i32, KafkaOffset)]) -> Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::with_capacity(starts.len());
+        for (p, offset) in starts {
+            tpl.add_partition_offset(&self.topic, *p, *offset)
+                .map_err(|e| error::convert("building an assignment", e))?;
+        }
+        Ok(tpl)
+    }
+
+    /// Where each partition starts, resolved now so `Latest` means "after this call".
+    async fn resolve_starts(
+        &self,
+        partitions: std::ops::Range<u32>,
+        start: StartFrom,
+    ) -> Result<Vec<(i32, KafkaOffset)>> {
+        let client = self.client()?.clone();
+        let topic = self.topic.clone();
+        let timeout = self.config.operation_timeout;
+        let partitions: Vec<i32> = partitions.filter_map(|p| i32::try_from(p).ok()).collect();
+        blocking(move || resolve_blocking(&client, &topic, &partitions, &start, timeout)).await?
+    }
+
+    /// A group's first start other than `Earliest` is recorded as the group's position
+    /// for partitions with no commit, so every member (and the next) starts there.
+    async fn record_group_start(&self, partitions: u32, start: StartFrom) -> Result<()> {
+        let client = self.client()?.clone();
+        let topic = self.topic.clone();
+        let timeout = self.config.operation_timeout;
+        let starts = self.resolve_starts(0..partitions, start).await?;
+        blocking(move || {
+            let mut query = TopicPartitionList::new();
+            query.add_partition_range(&topic, 0, i32::try_from(partitions).unwrap_or(i32::MAX) - 1);
+            let committed = client
+                .committed_offsets(query, timeout)
+                .map_err(|e| error::convert("reading the group's committed offsets", e))?;
+            let mut missing = TopicPartitionList::new();
+            for (p, offset) in starts {
+                let has_commit = committed
+                    .find_partition(&topic, p)
+                    .is_some_and(|e| matches!(e.offset(), KafkaOffset::Offset(_)));
+                if !has_commit {
+                    missing
+                        .add_partition_offset(&topic, p, offset)
+                        .map_err(|e| error::convert("building a commit", e))?;
+                }
+            }
+            if missing.count() > 0
+                && let Err(e) = client.commit(&missing, CommitMode::Sync)
+            {
+                // The group already has active members: their positions stand.
+                tracing::info!(%topic, error = %e, "kafka group: start position not recorded");
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Broadcast: assigns partitions that appeared since the last look.
+    async fn pick_up_new_partitions(&mut self) -> Result<()> {
+        if self.group.is_some() || self.metadata_checked.elapsed() < self.config.metadata_refresh {
+            return Ok(());
+        }
+        self.metadata_checked = Instant::now();
+        let client = self.client()?.clone();
+        let topic = self.topic.clone();
+        let timeout = self.config.operation_timeout;
+        let count = match blocking(move || fetch_partition_count(client.client(), &topic, timeout)).await? {
+            Ok(count) => count,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "kafka: partition metadata not refreshed");
+                return Ok(());
+            }
+        };
+        if count <= self.broadcast_partitions {
+            return Ok(());
+        }
+        // Everything in a partition that appeared after this consumer started is new.
+        let starts: Vec<(i32, KafkaOffset)> = (self.broadcast_partitions..count)
+            .filter_map(|p| i32::try_from(p).ok())
+            .map(|p| (p, KafkaOffset::Beginning))
+            .collect();
+        let tpl = self.position_list(&starts)?;
+        self.client()?
+            .incremental_assign(&tpl)
+            .map_err(|e| error::convert("assigning new partitions", e))?;
+        lock(&self.shared).assigned.extend(starts.iter().map(|(p, _)| *p));
+        self.broadcast_partitions = count;
+        Ok(())
+    }
+
+    fn received(&self, message: &BorrowedMessage<'_>) -> Received {
+        let headers: Headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Received {
+            stream: self.topic.clone(),
+            partition: PartitionId::from_index(index_of(message.partition())),
+            offset: Offset::new(u64::try_from(message.offset()).unwrap_or_default()),
+            key: message.key().map(Bytes::copy_from_slice),
+            value: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+            headers,
+            timestamp: message.timestamp().to_millis().map(Timestamp::from_millis),
+        }
+    }
+
+    /// An error from the fetch path: fatal ones end the poll, transient ones are
+    /// librdkafka's to retry.
+    fn consume_error(&self, e: KafkaError) -> Result<()> {
+        let converted = error::convert(&format!("reading topic {}", self.topic), e);
+        match converted.kind() {
+            ErrorKind::NotFound => Err(crate::metadata::missing(&self.topic)),
+            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Throttled => {
+                tracing::debug!(error = %converted, "kafka: transient fetch error (librdkafka retries)");
+                Ok(())
+            }
+            _ => Err(converted),
+        }
+    }
+
+    /// Drops buffered records of partitions this member no longer owns.
+    fn drop_revoked(&mut self) {
+        if self.group.is_none() {
+            return;
+        }
+        let shared = lock(&self.shared);
+        self.buffer.retain(|r| {
+            r.partition
+                .index()
+                .and_then(|i| i32::try_from(i).ok())
+                .is_some_and(|p| shared.assigned.contains(&p))
+        });
+    }
+}
+
+/// Resolves start positions (blocking: watermarks and time lookups).
+fn resolve_blocking(
+    client: &Client,
+    topic: &str,
+    partitions: &[i32],
+    start: &StartFrom,
+    timeout: Duration,
+) -> Result<Vec<(i32, KafkaOffset)>> {
+    let watermarks = |p: i32| {
+        retry_transient(timeout, || {
+            client
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(|e| error::convert(&format!("watermarks of {topic}/{p}"), e))
+        })
+    };
+    let at = |p: i32, wanted: i64| -> Result<KafkaOffset> {
+        let (low, high) = watermarks(p)?;
+        Ok(KafkaOffset::Offset(wanted.clamp(low, high)))
+    };
+    match start {
+        StartFrom::Earliest => Ok(partitions.iter().map(|p| (*p, KafkaOffset::Beginning)).collect()),
+        StartFrom::Latest => partitions
+            .iter()
+            .map(|p| Ok((*p, KafkaOffset::Offset(watermarks(*p)?.1))))
+            .collect(),
+        StartFrom::At(o) => {
+            let o = kafka_offset(o)?;
+            partitions.iter().map(|p| Ok((*p, at(*p, o)?))).collect()
+        }
+        StartFrom::After(o) => {
+            let o = kafka_offset(o)?.saturating_add(1);
+            partitions.iter().map(|p| Ok((*p, at(*p, o)?))).collect()
+        }
+        StartFrom::Timestamp(t) => {
+            let mut query = TopicPartitionList::with_capacity(partitions.len());
+            for p in partitions {
+                query
+                    .add_partition_offset(topic, *p, KafkaOffset::Offset(t.as_millis()))
+                    .map_err(|e| error::convert("building a time lookup", e))?;
+            }
+            let found = retry_transient(timeout, || {
+                client
+                    .offsets_for_times(query.clone(), timeout)
+                    .map_err(|e| error::convert(&format!("offsets of {topic} by time"), e))
+            })?;
+            partitions
+                .iter()
+                .map(|p| {
+                    let offset = found.find_partition(topic, *p).map(|e| e.offset());
+                    match offset {
+                        Some(KafkaOffset::Offset(o)) if o >= 0 => Ok((*p, KafkaOffset::Offset(o))),
+                        // No record that recent: start at the end.
+                        _ => Ok((*p, KafkaOffset::Offset(watermarks(*p)?.1))),
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let client = self.client()?.clone();
+        let max = max.max(1);
+        let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(86_400 * 365));
+        self.pick_up_new_partitions().await?;
+        {
+            let mut stream = client.stream();
+            loop {
+                while self.buffer.len() < max {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(message))) => {
+                            let record = self.received(&message);
+                            self.buffer.push_back(record);
+                        }
+                        Some(Some(Err(e))) => self.consume_error(e)?,
+                        Some(None) | None => break,
+                    }
+                }
+                self.drop_revoked();
+                if !self.buffer.is_empty() {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(Ok(message))) => {
+                        let record = self.received(&message);
+                        self.buffer.push_back(record);
+                    }
+                    Ok(Some(Err(e))) => self.consume_error(e)?,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        self.drop_revoked();
+        let take = self.buffer.len().min(max);
+        let out: Vec<Received> = self.buffer.drain(..take).collect();
+        if self.group.is_some() {
+            let mut shared = lock(&self.shared);
+            for r in &out {
+                shared.acks.delivered(&r.partition, r.offset.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn ack(&mut self, partition: &PartitionId, offset: &Offset) -> Result<()> {
+        self.client()?;
+        if self.group.is_none() {
+            return Err(Error::unsupported(
+                "a broadcast consumer has no group to acknowledge to; use ConsumerConfig::group",
+            ));
+        }
+        lock(&self.shared).acks.ack(partition, offset)
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        let client = self.client()?.clone();
+        if self.group.is_none() {
+            return Err(Error::unsupported(
+                "a broadcast consumer has no group to commit to; use ConsumerConfig::group",
+            ));
+        }
+        let committable: Vec<(i32, Offset)> = lock(&self.shared)
+            .acks
+            .all_committable()
+            .into_iter()
+            .filter_map(|(p, o)| Some((i32::try_from(p.index()?).ok()?, o)))
+            .collect();
+        if committable.is_empty() {
+            return Ok(());
+        }
+        let tpl = commit_list(&self.topic, &committable)?;
+        blocking(move || client.commit(&tpl, CommitMode::Sync))
+            .await?
+            .map_err(|e| error::convert("committing", e))?;
+        let mut shared = lock(&self.shared);
+        for (p, o) in committable {
+            shared.acks.committed(&PartitionId::from_index(index_of(p)), o);
+        }
+        Ok(())
+    }
+
+    async fn seek(&mut self, partition: &PartitionId, to: StartFrom) -> Result<()> {
+        let client = self.client()?.clone();
+        let p = kafka_partition(partition)?;
+        if !lock(&self.shared).assigned.contains(&p) {
+            return Err(Error::new(
+                ErrorKind::NotAssigned,
+                format!("partition {partition} is not assigned to this consumer"),
+            ));
+        }
+        let starts = self.resolve_starts(index_of(p)..index_of(p) + 1, to).await?;
+        let tpl = self.position_list(&starts)?;
+        let timeout = self.config.operation_timeout;
+        let result = blocking(move || client.seek_partitions(tpl, timeout))
+            .await?
+            .map_err(|e| error::convert("seeking", e))?;
+        for e in result.elements() {
+            e.error().map_err(|e| error::convert("seeking", e))?;
+        }
+        self.buffer.retain(|r| &r.partition != partition);
+        let mut shared = lock(&self.shared);
+        if self.group.is_some() {
+            shared.acks.reset(partition);
+        }
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<PartitionId> {
+        if self.client.is_none() {
+            return Vec::new();
+        }
+        lock(&self.shared)
+            .assigned
+            .iter()
+            .map(|p| PartitionId::from_index(index_of(*p)))
+            .collect()
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if self.client.is_none() {
+            return Ok(());
+        }
+        let committed = if self.group.is_some() {
+            self.commit().await
+        } else {
+            Ok(())
+        };
+        if let Some(client) = self.client.take() {
+            // Leaving the group revokes the partitions (committing acknowledged records
+            // again, harmlessly) and waits for the broker: off the async workers.
+            blocking(move || {
+                client.unsubscribe();
+                drop(client);
+            })
+            .await?;
+        }
+        self.buffer.clear();
+        lock(&self.shared).assigned.clear();
+        committed
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        // Closing a group member blocks until it has left the group: not on a runtime worker.
+        if let Some(client) = self.client.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            drop(runtime.spawn_blocking(move || drop(client)));
+        }
+    }
+}

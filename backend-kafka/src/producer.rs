@@ -1,0 +1,318 @@
+//! The producer: an idempotent rdkafka producer, one batch enqueued whole before any
+//! delivery is awaited (one linger per batch, not per record).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use tributary_core::{
+    Delivery, Error, ErrorKind, Offset, PartitionId, Producer, Record, Result, SendError, Timestamp,
+    async_trait, validate_stream_name,
+};
+
+use crate::config::{KafkaConfig, Role};
+use crate::error;
+use crate::metadata::{blocking, fetch_partition_count};
+
+/// Sends records to Kafka topics. Cheap to share: `send` takes `&self`.
+pub struct KafkaProducer {
+    config: Arc<KafkaConfig>,
+    client_config: ClientConfig,
+    /// Replaced by a fresh producer after a fatal (idempotence) error.
+    producer: Mutex<Arc<FutureProducer>>,
+    closed: AtomicBool,
+    /// Partition counts of topics recently seen to exist, and when.
+    topics: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer")
+            .field("bootstrap", &self.config.bootstrap)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one record of a batch ended.
+enum Outcome {
+    Delivered(Delivery),
+    Failed(Error),
+}
+
+impl KafkaProducer {
+    pub(crate) fn new(config: Arc<KafkaConfig>, client_id: Option<&str>) -> Result<Self> {
+        let mut client_config = config.client_config(Role::Producer, None);
+        if let Some(id) = client_id {
+            client_config.set("client.id", id);
+        }
+        let producer = create(&client_config)?;
+        Ok(Self {
+            config,
+            client_config,
+            producer: Mutex::new(producer),
+            closed: AtomicBool::new(false),
+            topics: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn current(&self) -> Arc<FutureProducer> {
+        self.producer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The partition count of a topic, from a short-lived cache or the brokers.
+    async fn partitions(&self, topic: &str, refresh: bool) -> Result<u32> {
+        let fresh_for = self.config.metadata_refresh;
+        if !refresh
+            && let Some((count, at)) = self
+                .topics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(topic)
+            && at.elapsed() < fresh_for
+        {
+            return Ok(*count);
+        }
+        let producer = self.current();
+        let name = topic.to_string();
+        let timeout = self.config.operation_timeout;
+        let count = blocking(move || fetch_partition_count(producer.client(), &name, timeout)).await??;
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.to_string(), (count, Instant::now()));
+        Ok(count)
+    }
+
+    /// Refuses a batch with a record the brokers would refuse, before sending any.
+    async fn check_batch(&self, topic: &str, records: &[Record]) -> Result<()> {
+        validate_stream_name(topic)?;
+        let mut needed = 0u32;
+        for (i, record) in records.iter().enumerate() {
+            let size = record.encoded_len();
+            if size > self.config.max_record_bytes {
+                return Err(Error::invalid_input(format!(
+                    "record {i} is {size} bytes, over the limit of {} (max_record_bytes)",
+                    self.config.max_record_bytes
+                )));
+            }
+            if let Some(p) = &record.partition {
+                let Some(index) = p.index().filter(|i| *i <= i32::MAX as u32) else {
+                    return Err(Error::invalid_input(format!(
+                        "record {i} targets partition {p:?}: Kafka partitions are numbers"
+                    )));
+                };
+                needed = needed.max(index + 1);
+            }
+        }
+        let mut count = self.partitions(topic, false).await?;
+        if needed > count {
+            count = self.partitions(topic, true).await?;
+        }
+        if needed > count {
+            return Err(Error::not_found(format!(
+                "kafka: topic {topic:?} has {count} partition(s): partition {} does not exist",
+                needed - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// After a fatal error the producer cannot send again: swap in a new one.
+    fn recover_if_fatal(&self, failed: &Arc<FutureProducer>) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&current, failed) {
+            return; // another send already replaced it
+        }
+        tracing::warn!(%code, %reason, "kafka producer hit a fatal error; creating a new producer");
+        match create(&self.client_config) {
+            Ok(fresh) => *current = fresh,
+            Err(e) => tracing::error!(error = %e, "kafka producer could not be recreated"),
+        }
+    }
+}
+
+fn create(client_config: &ClientConfig) -> Result<Arc<FutureProducer>> {
+    client_config
+        .create::<FutureProducer>()
+        .map(Arc::new)
+        .map_err(|e| error::convert("creating a producer", e))
+}
+
+fn headers_of(record: &Record) -> Option<OwnedHeaders> {
+    if record.headers.is_empty() {
+        return None;
+    }
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+    for (name, value) in record.headers.iter() {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_ref()),
+        });
+    }
+    Some(headers)
+}
+
+/// Whether a failed delivery may have reached the log.
+fn delivery_error(error: KafkaError) -> Error {
+    error::convert("delivering a record", error)
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SendError::nothing_sent(Error::closed("producer"), records));
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Err(e) = self.check_batch(stream, &records).await {
+            return Err(SendError::nothing_sent(e, records));
+        }
+        let producer = self.current();
+        let mut pending: Vec<Option<DeliveryFuture>> = Vec::with_capacity(records.len());
+        let mut outcomes: Vec<Option<Outcome>> = (0..records.len()).map(|_| None).collect();
+        let mut enqueue_error = None;
+        // Deliveries already awaited to make room in librdkafka's queue.
+        let mut awaited = 0usize;
+        for (i, record) in records.iter().enumerate() {
+            let mut future_record = FutureRecord::<[u8], [u8]>::to(stream).payload(record.value.as_ref());
+            if let Some(key) = &record.key {
+                future_record = future_record.key(key.as_ref());
+            }
+            if let Some(index) = record.partition.as_ref().and_then(PartitionId::index) {
+                future_record = future_record.partition(i32::try_from(index).unwrap_or(i32::MAX));
+            }
+            if let Some(ts) = record.timestamp {
+                future_record = future_record.timestamp(ts.as_millis());
+            }
+            if let Some(headers) = headers_of(record) {
+                future_record = future_record.headers(headers);
+            }
+            loop {
+                match producer.send_result(future_record) {
+                    Ok(delivery) => {
+                        pending.push(Some(delivery));
+                        break;
+                    }
+                    Err((e, returned)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                        // The local queue is full: wait for our oldest delivery, then try again.
+                        future_record = returned;
+                        if let Some(future) = pending.get_mut(awaited).and_then(Option::take) {
+                            outcomes[awaited] = Some(resolve(future.await));
+                            awaited += 1;
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    Err((e, _)) => {
+                        enqueue_error = Some((i, error::convert("queueing a record", e)));
+                        break;
+                    }
+                }
+            }
+            if enqueue_error.is_some() {
+                break;
+            }
+        }
+        for (index, slot) in pending.into_iter().enumerate() {
+            if let Some(future) = slot {
+                outcomes[index] = Some(resolve(future.await));
+            }
+        }
+        let mut deliveries = Vec::with_capacity(records.len());
+        let mut first_error: Option<Error> = None;
+        let mut indeterminate = false;
+        let mut unsent = Vec::new();
+        let mut delivered = Vec::new();
+        for (index, (record, outcome)) in records.into_iter().zip(outcomes).enumerate() {
+            match outcome {
+                Some(Outcome::Delivered(d)) => {
+                    delivered.push((index, d.clone()));
+                    deliveries.push(d);
+                }
+                Some(Outcome::Failed(e)) => {
+                    indeterminate |= e.kind() == ErrorKind::Indeterminate;
+                    first_error.get_or_insert(e);
+                    unsent.push(record);
+                }
+                None => {
+                    if let Some((_, e)) = &enqueue_error {
+                        first_error.get_or_insert_with(|| Error::new(e.kind(), e.message().to_string()));
+                    }
+                    unsent.push(record);
+                }
+            }
+        }
+        match first_error {
+            None if unsent.is_empty() => Ok(deliveries),
+            first => {
+                self.recover_if_fatal(&producer);
+                let error = match first {
+                    Some(e) if indeterminate && e.kind() != ErrorKind::Indeterminate => Error::new(
+                        ErrorKind::Indeterminate,
+                        format!("{} (and some records may have been persisted)", e.message()),
+                    ),
+                    Some(e) => e,
+                    None => Error::new(ErrorKind::Backend, "kafka: records were neither sent nor refused"),
+                };
+                Err(SendError {
+                    error,
+                    delivered,
+                    unsent,
+                })
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer"));
+        }
+        self.flush_all().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        self.flush_all().await
+    }
+}
+
+impl KafkaProducer {
+    /// Waits for every queued record, whichever send queued it.
+    async fn flush_all(&self) -> Result<()> {
+        let producer = self.current();
+        let timeout = self.config.delivery_timeout + Duration::from_secs(1);
+        blocking(move || producer.flush(timeout))
+            .await?
+            .map_err(|e| error::convert("flushing the producer", e))
+    }
+}
+
+fn resolve<E>(result: Result<OwnedDeliveryResult, E>) -> Outcome {
+    match result {
+        Ok(Ok(d)) => Outcome::Delivered(Delivery {
+            partition: PartitionId::from_index(u32::try_from(d.partition).unwrap_or_default()),
+            offset: Offset::new(u64::try_from(d.offset).unwrap_or_default()),
+            timestamp: d.timestamp.to_millis().map(Timestamp::from_millis),
+        }),
+        Ok(Err((e, _))) => Outcome::Failed(delivery_error(e)),
+        Err(_) => Outcome::Failed(Error::new(
+            ErrorKind::Indeterminate,
+            "kafka: the producer was dropped before the broker answered",
+        )),
+    }
+}
