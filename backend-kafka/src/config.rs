@@ -215,7 +215,7 @@ pub struct KafkaConfig {
     pub isolation: Isolation,
     /// Other librdkafka settings, by librdkafka's names (in a URL: `librdkafka.NAME=VALUE`).
     /// Checked by librdkafka; the settings Tributary's guarantees rest on are refused.
-    /// Values of secret-looking names (password, secret, pem, token...) are redacted
+    /// Values of secret-looking names (password, secret, pem, token, oauthbearer...) are redacted
     /// when shown or serialized.
     #[serde(serialize_with = "serialize_passthrough")]
     pub librdkafka: BTreeMap<String, String>,
@@ -298,9 +298,18 @@ fn serialize_passthrough<S: serde::Serializer>(
 
 /// librdkafka settings whose values are secrets: never echoed.
 fn is_secret_key(key: &str) -> bool {
-    ["password", "secret", "pem", "jaas", "token", "credentials"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "pem",
+        "jaas",
+        "token",
+        "credentials",
+        "oauthbearer",
+        "ssl.key",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 /// librdkafka settings Tributary owns, with what to use instead.

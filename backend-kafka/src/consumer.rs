@@ -33,6 +33,8 @@ struct Shared {
     /// Partitions this member owns now.
     assigned: BTreeSet<i32>,
     acks: AckTracker,
+    /// Commits on revoke that failed since this was last emptied.
+    failed_revoke_commits: Vec<String>,
 }
 
 /// Runs inside librdkafka's rebalance callback, on the thread that polls.
@@ -55,6 +57,23 @@ impl ConsumerContext for GroupContext {
             .collect();
         if consumer.assignment_lost() {
             tracing::warn!(topic = %self.topic, ?partitions, "kafka group: assignment lost; acknowledged records not committed will be redelivered");
+            let mut shared = lock(&self.shared);
+            let uncommitted: Vec<String> = partitions
+                .iter()
+                .filter(|p| {
+                    shared
+                        .acks
+                        .committable(&PartitionId::from_index(index_of(**p)))
+                        .is_some()
+                })
+                .map(ToString::to_string)
+                .collect();
+            if !uncommitted.is_empty() {
+                shared.failed_revoke_commits.push(format!(
+                    "the group took partitions {} away from this member before their acknowledged records were committed",
+                    uncommitted.join(", ")
+                ));
+            }
         } else {
             let committable = {
                 let shared = lock(&self.shared);
@@ -574,9 +593,11 @@ impl Consumer for KafkaConsumer {
         } else {
             Ok(())
         };
+        lock(&self.shared).failed_revoke_commits.clear();
         if let Some(client) = self.client.take() {
-            // Leaving the group revokes the partitions (committing acknowledged records
-            // again, harmlessly) and waits for the broker: off the async workers.
+            // Leaving the group revokes the partitions, which commits acknowledged
+            // records again (covering a commit above that lost a race with a
+            // rebalance), and waits for the broker: off the async workers.
             blocking(move || {
                 client.unsubscribe();
                 drop(client);
@@ -584,8 +605,20 @@ impl Consumer for KafkaConsumer {
             .await?;
         }
         self.buffer.clear();
-        lock(&self.shared).assigned.clear();
-        committed
+        let mut shared = lock(&self.shared);
+        shared.assigned.clear();
+        let failed = std::mem::take(&mut shared.failed_revoke_commits);
+        match committed {
+            Err(e) if !(e.kind() == ErrorKind::NotAssigned || e.is_retryable()) => Err(e),
+            _ if failed.is_empty() => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "kafka: closed, but acknowledged records were not committed and will be redelivered: {}",
+                    failed.join("; ")
+                ),
+            )),
+        }
     }
 }
 

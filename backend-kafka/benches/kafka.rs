@@ -1,0 +1,348 @@
+//! tributary-kafka against hand-written rdkafka code doing the same work, and the
+//! native engine against Kafka, in one run on this machine's broker
+//! (TRIBUTARY_TEST_KAFKA, from `scripts/kafka start`).
+//!
+//! `TRIBUTARY_TEST_KAFKA=127.0.0.1:19092 cargo bench -p tributary-kafka --bench kafka`
+//! (`TRIBUTARY_BENCH_SCALE=0.1` for a quick look). Each pair runs three times in
+//! alternating order; the table shows medians.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "a benchmark: a failed unwrap is a failed run"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use hdrhistogram::Histogram;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use tributary_core::{Backend, Bytes, ConsumerConfig, Producer, ProducerConfig, Record, StreamSpec};
+use tributary_kafka::{KafkaBackend, KafkaConfig};
+use tributary_native::{NativeBackend, NativeConfig};
+
+const PARTITIONS: u32 = 6;
+const SENDERS: usize = 4;
+const BATCH: usize = 500;
+const LATENCY_SAMPLES: usize = 2_000;
+
+fn scale() -> f64 {
+    std::env::var("TRIBUTARY_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0)
+}
+
+fn value(size: usize) -> Bytes {
+    Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The producer settings tributary-kafka uses, for the raw client.
+fn raw_producer(bootstrap: &str, linger_ms: u64) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", linger_ms.to_string())
+        .set("message.max.bytes", "1001024")
+        .create()
+        .unwrap()
+}
+
+fn raw_consumer(bootstrap: &str) -> StreamConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-raw-{:x}", fastrand::u64(..)))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("check.crcs", "true")
+        .create()
+        .unwrap()
+}
+
+async fn create(backend: &dyn Backend, topic: &str) {
+    backend
+        .admin()
+        .await
+        .unwrap()
+        .create_stream(&StreamSpec::new(topic).with_partitions(PARTITIONS))
+        .await
+        .unwrap();
+}
+
+/// Records/s for `total` keyed records from SENDERS tasks sending BATCH at a time.
+async fn produce_tributary(producer: Arc<dyn Producer>, topic: &str, total: usize, size: usize) -> f64 {
+    let payload = value(size);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (producer, topic, payload) = (producer.clone(), topic.to_string(), payload.clone());
+            tokio::spawn(async move {
+                for b in 0..total / SENDERS / BATCH {
+                    let records: Vec<Record> = (0..BATCH)
+                        .map(|i| {
+                            Record::new(payload.clone()).with_key(format!("k{}", (s * 7 + b + i) % 1000))
+                        })
+                        .collect();
+                    producer.send(&topic, records).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (total / SENDERS / BATCH * SENDERS * BATCH) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn produce_raw(producer: Arc<FutureProducer>, topic: &str, total: usize, size: usize) -> f64 {
+    let payload = value(size);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (producer, topic, payload) = (producer.clone(), topic.to_string(), payload.clone());
+            tokio::spawn(async move {
+                for b in 0..total / SENDERS / BATCH {
+                    let keys: Vec<String> = (0..BATCH)
+                        .map(|i| format!("k{}", (s * 7 + b + i) % 1000))
+                        .collect();
+                    let futures: Vec<_> = keys
+                        .iter()
+                        .map(|k| {
+                            producer
+                                .send_result(
+                                    FutureRecord::to(&topic).key(k.as_str()).payload(payload.as_ref()),
+                                )
+                                .map_err(|(e, _)| e)
+                                .unwrap()
+                        })
+                        .collect();
+                    for f in futures {
+                        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (total / SENDERS / BATCH * SENDERS * BATCH) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One acknowledged single-record send through tributary, in microseconds.
+async fn one_tributary(producer: &dyn Producer, topic: &str, payload: &Bytes, i: usize) -> u64 {
+    let start = Instant::now();
+    producer
+        .send(
+            topic,
+            vec![Record::new(payload.clone()).with_key(format!("k{i}"))],
+        )
+        .await
+        .unwrap();
+    start.elapsed().as_micros() as u64
+}
+
+/// The same send with the raw client, in microseconds.
+async fn one_raw(producer: &FutureProducer, topic: &str, payload: &Bytes, i: usize) -> u64 {
+    let key = format!("k{i}");
+    let start = Instant::now();
+    producer
+        .send_result(
+            FutureRecord::to(topic)
+                .key(key.as_str())
+                .payload(payload.as_ref()),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap()
+        .await
+        .unwrap()
+        .map_err(|(e, _)| e)
+        .unwrap();
+    start.elapsed().as_micros() as u64
+}
+
+/// Single-send latency of the three clients, after a warm-up, samples interleaved so
+/// the machine's noise falls on all of them alike.
+async fn latencies(
+    ours: &dyn Producer,
+    raw: &FutureProducer,
+    native: &dyn Producer,
+    topic: &str,
+    size: usize,
+) -> [Histogram<u64>; 3] {
+    let payload = value(size);
+    for i in 0..200 {
+        one_tributary(ours, topic, &payload, i).await;
+        one_raw(raw, topic, &payload, i).await;
+        one_tributary(native, topic, &payload, i).await;
+    }
+    let mut h = [(); 3].map(|_| Histogram::new(3).unwrap());
+    for i in 0..LATENCY_SAMPLES {
+        h[0].record(one_tributary(ours, topic, &payload, i).await)
+            .unwrap();
+        h[1].record(one_raw(raw, topic, &payload, i).await).unwrap();
+        h[2].record(one_tributary(native, topic, &payload, i).await)
+            .unwrap();
+    }
+    h
+}
+
+/// Records/s reading `total` records from the start of every partition.
+async fn consume_tributary(backend: &dyn Backend, topic: &str, total: usize) -> f64 {
+    let mut consumer = backend.consumer(ConsumerConfig::broadcast(topic)).await.unwrap();
+    let start = Instant::now();
+    let mut read = 0;
+    let mut bytes = 0usize;
+    while read < total {
+        let batch = consumer.poll(10_000, Duration::from_secs(10)).await.unwrap();
+        assert!(!batch.is_empty(), "tributary consumer stalled at {read}");
+        read += batch.len();
+        bytes += batch.iter().map(|r| r.value.len()).sum::<usize>();
+    }
+    let rate = read as f64 / start.elapsed().as_secs_f64();
+    assert!(bytes > 0);
+    consumer.close().await.unwrap();
+    rate
+}
+
+async fn consume_raw(bootstrap: &str, topic: &str, total: usize) -> f64 {
+    let consumer = raw_consumer(bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        tpl.add_partition_offset(topic, p, KafkaOffset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let mut read = 0;
+    let mut bytes = 0usize;
+    let mut stream = consumer.stream();
+    while read < total {
+        let m = stream.next().await.unwrap().unwrap();
+        // The same work tributary does: own the key and value.
+        let owned = (
+            m.key().map(Bytes::copy_from_slice),
+            m.payload().map(Bytes::copy_from_slice),
+        );
+        bytes += owned.1.map_or(0, |v| v.len());
+        read += 1;
+    }
+    assert!(bytes > 0);
+    read as f64 / start.elapsed().as_secs_f64()
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64
+}
+
+fn main() {
+    let Ok(bootstrap) = std::env::var("TRIBUTARY_TEST_KAFKA") else {
+        eprintln!("set TRIBUTARY_TEST_KAFKA (scripts/kafka start prints it)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut config = KafkaConfig::new(&bootstrap);
+        config.max_record_bytes = 1_000_000;
+        let kafka = KafkaBackend::new(config.clone()).unwrap();
+        let mut low_latency = config.clone();
+        low_latency.linger = Duration::ZERO;
+        let kafka_low_latency = KafkaBackend::new(low_latency).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let native = NativeBackend::open(NativeConfig::at(dir.path())).unwrap();
+        let run = format!("{:x}", fastrand::u32(..));
+        println!("| record | metric | tributary-kafka | raw rdkafka | ratio | native (page_cache) | native / kafka |");
+        println!("|---|---|---|---|---|---|---|");
+        for (size, total) in [(100usize, 400_000.0), (1024, 150_000.0)] {
+            let total = ((total * scale()) as usize).max(SENDERS * BATCH);
+            let (mut ours, mut raw, mut nat) = (Vec::new(), Vec::new(), Vec::new());
+            let tributary_producer: Arc<dyn Producer> =
+                Arc::from(kafka.producer(ProducerConfig::default()).await.unwrap());
+            let raw_prod = Arc::new(raw_producer(&bootstrap, 5));
+            let native_producer: Arc<dyn Producer> =
+                Arc::from(native.producer(ProducerConfig::default()).await.unwrap());
+            let mut topics = Vec::new();
+            for round in 0..3 {
+                let (t_ours, t_raw, t_nat) = (
+                    format!("bench-{run}-{size}-t{round}"),
+                    format!("bench-{run}-{size}-r{round}"),
+                    format!("bench-{run}-{size}-n{round}"),
+                );
+                create(&kafka, &t_ours).await;
+                create(&kafka, &t_raw).await;
+                create(&native, &t_nat).await;
+                if round % 2 == 0 {
+                    ours.push(produce_tributary(tributary_producer.clone(), &t_ours, total, size).await);
+                    raw.push(produce_raw(raw_prod.clone(), &t_raw, total, size).await);
+                } else {
+                    raw.push(produce_raw(raw_prod.clone(), &t_raw, total, size).await);
+                    ours.push(produce_tributary(tributary_producer.clone(), &t_ours, total, size).await);
+                }
+                nat.push(produce_tributary(native_producer.clone(), &t_nat, total, size).await);
+                topics.push((t_ours, t_raw, t_nat));
+            }
+            let (o, r, n) = (median(ours), median(raw), median(nat));
+            println!(
+                "| {size} B | produce, {SENDERS} senders x {BATCH}-record batches (rec/s) | {o:.0} | {r:.0} | {:.2} | {n:.0} | {:.1}x |",
+                o / r,
+                n / o
+            );
+            let read_total = total / SENDERS / BATCH * SENDERS * BATCH;
+            let (mut ours, mut raw, mut nat) = (Vec::new(), Vec::new(), Vec::new());
+            for (round, (t_ours, t_raw, t_nat)) in topics.iter().enumerate() {
+                if round % 2 == 0 {
+                    ours.push(consume_tributary(&kafka, t_ours, read_total).await);
+                    raw.push(consume_raw(&bootstrap, t_raw, read_total).await);
+                } else {
+                    raw.push(consume_raw(&bootstrap, t_raw, read_total).await);
+                    ours.push(consume_tributary(&kafka, t_ours, read_total).await);
+                }
+                nat.push(consume_tributary(&native, t_nat, read_total).await);
+            }
+            let (o, r, n) = (median(ours), median(raw), median(nat));
+            println!(
+                "| {size} B | consume from the start (rec/s) | {o:.0} | {r:.0} | {:.2} | {n:.0} | {:.1}x |",
+                o / r,
+                n / o
+            );
+            let topic = format!("bench-{run}-{size}-latency");
+            create(&kafka, &topic).await;
+            create(&native, &topic).await;
+            let ours_lat = kafka_low_latency.producer(ProducerConfig::default()).await.unwrap();
+            let raw_lat = raw_producer(&bootstrap, 0);
+            let native_lat = native.producer(ProducerConfig::default()).await.unwrap();
+            let [h_ours, h_raw, h_nat] = latencies(&*ours_lat, &raw_lat, &*native_lat, &topic, size).await;
+            for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+                let (o, r, n) = (pct(&h_ours, q), pct(&h_raw, q), pct(&h_nat, q));
+                println!(
+                    "| {size} B | single send, acknowledged, {label} (us; linger 0) | {o:.0} | {r:.0} | {:.2} | {n:.0} | {:.2}x |",
+                    r / o,
+                    n / o
+                );
+            }
+            let admin = kafka.admin().await.unwrap();
+            for (t_ours, t_raw, _) in topics {
+                admin.delete_stream(&t_ours).await.unwrap();
+                admin.delete_stream(&t_raw).await.unwrap();
+            }
+            admin.delete_stream(&topic).await.unwrap();
+        }
+    });
+}

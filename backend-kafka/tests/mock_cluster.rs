@@ -1,0 +1,236 @@
+//! Faults no real single broker can produce on demand, from librdkafka's in-process
+//! mock cluster: brokers going down and produce requests failing while an idempotent
+//! producer sends keyed records. What was acknowledged must all be there, once, in
+//! order; a timed-out send must say Indeterminate; a retryable failure hands back
+//! exactly the records to resend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tributary_core::{Backend, ConsumerConfig, ErrorKind, Producer, ProducerConfig, Record};
+use tributary_kafka::{KafkaBackend, KafkaConfig};
+
+const TOPIC: &str = "chaos";
+const PARTITIONS: i32 = 6;
+const BROKERS: i32 = 3;
+const TARGET_ACKED: usize = 10_000;
+const BATCH: usize = 20;
+
+/// What the producer task learned.
+#[derive(Default)]
+struct Ledger {
+    /// value -> (partition, offset) of every acknowledged record.
+    acked: HashMap<String, (u32, u64)>,
+    /// Records whose send ended Indeterminate: may or may not be in the log.
+    maybe: HashSet<String>,
+    /// Sends that ended with each error kind.
+    errors: BTreeMap<String, usize>,
+    /// Records handed back as unsent by a retryable error and sent again.
+    resent: usize,
+}
+
+async fn produce(producer: Box<dyn Producer>) -> Ledger {
+    let mut ledger = Ledger::default();
+    let mut seq = 0u64;
+    while ledger.acked.len() < TARGET_ACKED {
+        let mut records: Vec<Record> = (0..BATCH)
+            .map(|_| {
+                seq += 1;
+                let key = format!("k{}", seq % 40);
+                Record::new(format!("{key}:{seq:08}")).with_key(key)
+            })
+            .collect();
+        // Resend what a retryable failure handed back; never what may be persisted.
+        for _attempt in 0..50 {
+            let values: Vec<String> = records
+                .iter()
+                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+                .collect();
+            match producer.send(TOPIC, records).await {
+                Ok(deliveries) => {
+                    for (v, d) in values.into_iter().zip(deliveries) {
+                        ledger
+                            .acked
+                            .insert(v, (d.partition.index().unwrap(), d.offset.as_u64().unwrap()));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    *ledger.errors.entry(format!("{:?}", e.kind())).or_default() += 1;
+                    for (i, d) in &e.delivered {
+                        ledger.acked.insert(
+                            values[*i].clone(),
+                            (d.partition.index().unwrap(), d.offset.as_u64().unwrap()),
+                        );
+                    }
+                    let confirmed: HashSet<usize> = e.delivered.iter().map(|(i, _)| *i).collect();
+                    assert_eq!(
+                        confirmed.len() + e.unsent.len(),
+                        values.len(),
+                        "every record is either confirmed or handed back"
+                    );
+                    if e.kind() == ErrorKind::Indeterminate {
+                        for r in &e.unsent {
+                            ledger.maybe.insert(String::from_utf8(r.value.to_vec()).unwrap());
+                        }
+                        break;
+                    }
+                    assert!(e.is_retryable(), "unexpected error: {}", e.error);
+                    ledger.resent += e.unsent.len();
+                    records = e.unsent;
+                    if records.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    producer.close().await.unwrap();
+    ledger
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
+    let cluster = MockCluster::new(BROKERS).expect("a mock cluster");
+    cluster.create_topic(TOPIC, PARTITIONS, BROKERS).unwrap();
+    let mut config = KafkaConfig::new(cluster.bootstrap_servers());
+    // Short enough that a broker down for a few seconds times sends out.
+    config.delivery_timeout = Duration::from_millis(2500);
+    config.request_timeout = Duration::from_millis(1000);
+    config.operation_timeout = Duration::from_secs(10);
+    config.linger = Duration::from_millis(2);
+    config.librdkafka.insert("retry.backoff.ms".into(), "50".into());
+    let backend = KafkaBackend::new(config).unwrap();
+    let producer = backend.producer(ProducerConfig::default()).await.unwrap();
+    let task = tokio::spawn(produce(producer));
+
+    let mut rng = fastrand::Rng::with_seed(0x7121_b07a);
+    let produce_errors = [
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR,
+    ];
+    let (mut downs, mut injected) = (0, 0);
+    // One outage longer than the delivery timeout: its sends must end Indeterminate.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    cluster.broker_up(1).unwrap();
+    while !task.is_finished() {
+        match rng.u8(0..10) {
+            0..=2 => {
+                let broker = rng.i32(1..=BROKERS);
+                cluster.broker_down(broker).unwrap();
+                downs += 1;
+                tokio::time::sleep(Duration::from_millis(rng.u64(200..4000))).await;
+                cluster.broker_up(broker).unwrap();
+            }
+            3..=6 => {
+                let errors: Vec<RDKafkaRespErr> = (0..rng.usize(1..6))
+                    .map(|_| produce_errors[rng.usize(..produce_errors.len())])
+                    .collect();
+                injected += errors.len();
+                cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(20..200))).await;
+    }
+    let ledger = task.await.unwrap();
+    for broker in 1..=BROKERS {
+        cluster.broker_up(broker).unwrap();
+    }
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+
+    // Read everything back.
+    let mut consumer = backend.consumer(ConsumerConfig::broadcast(TOPIC)).await.unwrap();
+    let expected_min = ledger.acked.len();
+    let mut seen: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
+    let mut per_partition: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+    let mut quiet = 0;
+    while quiet < 3 {
+        let batch = consumer.poll(10_000, Duration::from_secs(1)).await.unwrap();
+        if batch.is_empty() {
+            if seen.len() >= expected_min {
+                quiet += 1;
+            }
+            continue;
+        }
+        quiet = 0;
+        for r in batch {
+            let v = String::from_utf8(r.value.to_vec()).unwrap();
+            let at = (r.partition.index().unwrap(), r.offset.as_u64().unwrap());
+            seen.entry(v.clone()).or_default().push(at);
+            per_partition.entry(at.0).or_default().push((at.1, v));
+        }
+    }
+    consumer.close().await.unwrap();
+
+    let lost: Vec<&String> = ledger.acked.keys().filter(|v| !seen.contains_key(*v)).collect();
+    let moved: Vec<&String> = ledger
+        .acked
+        .iter()
+        .filter(|(v, at)| seen.get(*v).is_some_and(|s| !s.contains(at)))
+        .map(|(v, _)| v)
+        .collect();
+    let duplicated: Vec<(&String, &Vec<(u32, u64)>)> = seen.iter().filter(|(_, s)| s.len() > 1).collect();
+    let unexplained: Vec<&String> = seen
+        .keys()
+        .filter(|v| !ledger.acked.contains_key(*v) && !ledger.maybe.contains(*v))
+        .collect();
+    let maybe_persisted = ledger.maybe.iter().filter(|v| seen.contains_key(*v)).count();
+    eprintln!(
+        "acknowledged {}, indeterminate {} (of which in the log: {maybe_persisted}), resent {}, \
+         errors {:?}, broker outages {downs}, injected produce errors {injected}",
+        ledger.acked.len(),
+        ledger.maybe.len(),
+        ledger.resent,
+        ledger.errors
+    );
+    assert!(ledger.acked.len() >= TARGET_ACKED);
+    assert!(
+        lost.is_empty(),
+        "acknowledged records lost: {:?}",
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        moved.is_empty(),
+        "records not where their delivery said: {:?}",
+        &moved[..moved.len().min(5)]
+    );
+    assert!(
+        duplicated.is_empty(),
+        "duplicates: {:?}",
+        &duplicated[..duplicated.len().min(5)]
+    );
+    assert!(
+        unexplained.is_empty(),
+        "records nobody sent: {:?}",
+        &unexplained[..unexplained.len().min(5)]
+    );
+    assert!(downs > 0 && injected > 0, "the chaos ran");
+    assert!(
+        ledger.errors.contains_key("Indeterminate"),
+        "sends that timed out while a broker was down end Indeterminate"
+    );
+    // Per partition, records of one key keep the order they were sent in.
+    for (partition, records) in &per_partition {
+        let mut last: HashMap<&str, &str> = HashMap::new();
+        for (_, v) in records {
+            let (key, seq) = v.split_once(':').unwrap();
+            if let Some(prev) = last.insert(key, seq) {
+                assert!(
+                    prev < seq,
+                    "partition {partition}: key {key} went {prev} then {seq}"
+                );
+            }
+        }
+    }
+}
