@@ -203,8 +203,10 @@ async fn latencies(
 /// Records/s reading `total` records from the start of every partition.
 async fn consume_tributary(backend: &dyn Backend, topic: &str, total: usize) -> f64 {
     let mut consumer = backend.consumer(ConsumerConfig::broadcast(topic)).await.unwrap();
+    // The clock starts at the first record: connecting is not reading.
+    let first = consumer.poll(10_000, Duration::from_secs(10)).await.unwrap();
     let start = Instant::now();
-    let mut read = 0;
+    let mut read = first.len();
     let mut bytes = 0usize;
     while read < total {
         let batch = consumer.poll(10_000, Duration::from_secs(10)).await.unwrap();
@@ -212,7 +214,7 @@ async fn consume_tributary(backend: &dyn Backend, topic: &str, total: usize) -> 
         read += batch.len();
         bytes += batch.iter().map(|r| r.value.len()).sum::<usize>();
     }
-    let rate = read as f64 / start.elapsed().as_secs_f64();
+    let rate = (read - first.len()) as f64 / start.elapsed().as_secs_f64();
     assert!(bytes > 0);
     consumer.close().await.unwrap();
     rate
@@ -226,10 +228,12 @@ async fn consume_raw(bootstrap: &str, topic: &str, total: usize) -> f64 {
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let start = Instant::now();
-    let mut read = 0;
-    let mut bytes = 0usize;
     let mut stream = consumer.stream();
+    // The clock starts at the first record: connecting is not reading.
+    drop(stream.next().await.unwrap().unwrap());
+    let start = Instant::now();
+    let mut read = 1;
+    let mut bytes = 0usize;
     while read < total {
         let m = stream.next().await.unwrap().unwrap();
         // The same work tributary does: own the key and value.
@@ -241,7 +245,7 @@ async fn consume_raw(bootstrap: &str, topic: &str, total: usize) -> f64 {
         read += 1;
     }
     assert!(bytes > 0);
-    read as f64 / start.elapsed().as_secs_f64()
+    (read - 1) as f64 / start.elapsed().as_secs_f64()
 }
 
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {

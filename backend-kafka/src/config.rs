@@ -515,6 +515,12 @@ impl KafkaConfig {
                 return bad(format!("{name} must be {min:?} to {max:?}, got {value:?}"));
             }
         }
+        if self.max_poll_interval < self.session_timeout {
+            return bad(format!(
+                "max_poll_interval ({:?}) must be at least session_timeout ({:?})",
+                self.max_poll_interval, self.session_timeout
+            ));
+        }
         if !(1000..=1_000_000_000).contains(&self.max_record_bytes) {
             return bad(format!(
                 "max_record_bytes must be 1000 to 1000000000, got {}",
@@ -555,6 +561,7 @@ impl KafkaConfig {
         let ms = |d: Duration| d.as_millis().min(i32::MAX as u128).to_string();
         c.set("bootstrap.servers", &self.bootstrap)
             .set("client.id", &self.client_id)
+            .set("allow.auto.create.topics", "false")
             .set("security.protocol", self.security_protocol.as_librdkafka())
             .set(
                 "socket.timeout.ms",
@@ -704,6 +711,10 @@ mod tests {
         );
         assert_eq!(consumer.get("group.id"), Some("g"));
         assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        for role in [Role::Producer, Role::Consumer, Role::Admin] {
+            let client = c.client_config(role, None);
+            assert_eq!(client.get("allow.auto.create.topics"), Some("false"), "{role:?}");
+        }
     }
 
     #[test]

@@ -12,13 +12,12 @@ use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset as KafkaOffset, TopicPartitionList};
 use tributary_core::{
-    AckTracker, Bytes, Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Headers, Offset,
-    PartitionId, Received, Result, StartFrom, Timestamp, async_trait, validate_group_name,
-    validate_stream_name,
+    AckTracker, Bytes, Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Offset, PartitionId,
+    Received, Result, StartFrom, Timestamp, async_trait, validate_group_name, validate_stream_name,
 };
 
 use crate::config::{KafkaConfig, Role};
@@ -33,8 +32,31 @@ struct Shared {
     /// Partitions this member owns now.
     assigned: BTreeSet<i32>,
     acks: AckTracker,
-    /// Commits on revoke that failed since this was last emptied.
+    /// Commits on revoke that failed since this was last emptied (the first few).
     failed_revoke_commits: Vec<String>,
+    /// Set when the consumer is dropped without close: leave like a crash.
+    dropped: bool,
+}
+
+impl Shared {
+    fn note_failed_commit(&mut self, why: String) {
+        const KEPT: usize = 8;
+        if self.failed_revoke_commits.len() < KEPT {
+            self.failed_revoke_commits.push(why);
+        }
+    }
+}
+
+/// Runs a blocking librdkafka call from inside a callback: through `block_in_place` on
+/// a multi-threaded tokio runtime (its other tasks move to other workers), directly
+/// elsewhere.
+fn off_the_runtime<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(call)
+        }
+        _ => call(),
+    }
 }
 
 /// Runs inside librdkafka's rebalance callback, on the thread that polls.
@@ -55,53 +77,47 @@ impl ConsumerContext for GroupContext {
             .iter()
             .map(|e| e.partition())
             .collect();
-        if consumer.assignment_lost() {
-            tracing::warn!(topic = %self.topic, ?partitions, "kafka group: assignment lost; acknowledged records not committed will be redelivered");
-            let mut shared = lock(&self.shared);
-            let uncommitted: Vec<String> = partitions
+        let (committable, dropped) = {
+            let shared = lock(&self.shared);
+            let committable: Vec<(i32, Offset)> = partitions
                 .iter()
-                .filter(|p| {
-                    shared
-                        .acks
-                        .committable(&PartitionId::from_index(index_of(**p)))
-                        .is_some()
+                .filter_map(|p| {
+                    let offset = shared.acks.committable(&PartitionId::from_index(index_of(*p)))?;
+                    Some((*p, offset.clone()))
                 })
-                .map(ToString::to_string)
                 .collect();
-            if !uncommitted.is_empty() {
-                shared.failed_revoke_commits.push(format!(
-                    "the group took partitions {} away from this member before their acknowledged records were committed",
-                    uncommitted.join(", ")
-                ));
-            }
-        } else {
-            let committable = {
-                let shared = lock(&self.shared);
-                partitions
-                    .iter()
-                    .filter_map(|p| {
-                        shared
-                            .acks
-                            .committable(&PartitionId::from_index(index_of(*p)))
-                            .map(|o| (*p, o.clone()))
-                    })
-                    .collect::<Vec<_>>()
-            };
+            (committable, shared.dropped)
+        };
+        if dropped {
+            // Dropped without close: like a crash, nothing more is committed.
+        } else if consumer.assignment_lost() {
             if !committable.is_empty() {
-                match commit_list(&self.topic, &committable).and_then(|tpl| {
-                    consumer
-                        .commit(&tpl, CommitMode::Sync)
-                        .map_err(|e| error::convert("commit on revoke", e))
-                }) {
-                    Ok(()) => {
-                        let mut shared = lock(&self.shared);
-                        for (p, o) in committable {
-                            shared.acks.committed(&PartitionId::from_index(index_of(p)), o);
-                        }
+                let lost: Vec<String> = committable.iter().map(|(p, _)| p.to_string()).collect();
+                let why = format!(
+                    "the group took partitions {} away from this member before their acknowledged records \
+                     were committed; they will be redelivered",
+                    lost.join(", ")
+                );
+                tracing::warn!(topic = %self.topic, "kafka group: {why}");
+                lock(&self.shared).note_failed_commit(why);
+            }
+        } else if !committable.is_empty() {
+            let committed = commit_list(&self.topic, &committable).and_then(|tpl| {
+                // A sync commit can wait for the group coordinator: keep it off the
+                // other tasks of a multi-threaded runtime.
+                off_the_runtime(|| consumer.commit(&tpl, CommitMode::Sync))
+                    .map_err(|e| error::convert("commit on revoke", e))
+            });
+            let mut shared = lock(&self.shared);
+            match committed {
+                Ok(()) => {
+                    for (p, o) in committable {
+                        shared.acks.committed(&PartitionId::from_index(index_of(p)), o);
                     }
-                    Err(e) => {
-                        tracing::warn!(topic = %self.topic, error = %e, "kafka group: commit on revoke failed; those records will be redelivered")
-                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka group: commit on revoke failed; those records will be redelivered");
+                    shared.note_failed_commit(e.to_string());
                 }
             }
         }
@@ -172,6 +188,9 @@ pub struct KafkaConsumer {
     shared: Arc<Mutex<Shared>>,
     /// Records taken from librdkafka and not yet returned (keeps `poll` cancel safe).
     buffer: VecDeque<Received>,
+    /// A seek handed to librdkafka whose outcome is still to be applied here (kept
+    /// across a cancelled `seek`, so the next call finishes it).
+    pending_seek: Option<(PartitionId, tokio::task::JoinHandle<Result<()>>)>,
     /// Broadcast: partitions assigned so far, and when metadata was last checked.
     broadcast_partitions: u32,
     metadata_checked: Instant,
@@ -226,6 +245,7 @@ impl KafkaConsumer {
             client: Some(client.clone()),
             shared,
             buffer: VecDeque::new(),
+            pending_seek: None,
             broadcast_partitions: 0,
             metadata_checked: Instant::now(),
         };
@@ -351,19 +371,7 @@ impl KafkaConsumer {
     }
 
     fn received(&self, message: &BorrowedMessage<'_>) -> Received {
-        let headers: Headers = message
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            Bytes::copy_from_slice(h.value.unwrap_or_default()),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = crate::headers::headers_of(message);
         Received {
             stream: self.topic.clone(),
             partition: PartitionId::from_index(index_of(message.partition())),
@@ -377,16 +385,41 @@ impl KafkaConsumer {
 
     /// An error from the fetch path: fatal ones end the poll, transient ones are
     /// librdkafka's to retry.
-    fn consume_error(&self, e: KafkaError) -> Result<()> {
+    async fn consume_error(&self, e: KafkaError) -> Result<()> {
         let converted = error::convert(&format!("reading topic {}", self.topic), e);
         match converted.kind() {
-            ErrorKind::NotFound => Err(crate::metadata::missing(&self.topic)),
+            // Often transient (a leader moving): believe it only when metadata agrees.
+            ErrorKind::NotFound => {
+                let client = self.client()?.clone();
+                let (topic, timeout) = (self.topic.clone(), self.config.operation_timeout);
+                match blocking(move || fetch_partition_count(client.client(), &topic, timeout)).await? {
+                    Err(e) if e.kind() == ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            }
             ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Throttled => {
                 tracing::debug!(error = %converted, "kafka: transient fetch error (librdkafka retries)");
                 Ok(())
             }
             _ => Err(converted),
         }
+    }
+
+    /// Waits for a seek in flight, then drops what was read from the old position and
+    /// the acknowledgements of the partition. Cancel safe: the seek stays pending.
+    async fn finish_seek(&mut self) -> Result<()> {
+        let Some((_, handle)) = self.pending_seek.as_mut() else {
+            return Ok(());
+        };
+        let outcome = handle.await;
+        let Some((partition, _)) = self.pending_seek.take() else {
+            return Ok(());
+        };
+        self.buffer.retain(|r| r.partition != partition);
+        if self.group.is_some() {
+            lock(&self.shared).acks.reset(&partition);
+        }
+        outcome.map_err(|e| Error::new(ErrorKind::Backend, format!("kafka: seeking failed: {e}")))?
     }
 
     /// Drops buffered records of partitions this member no longer owns.
@@ -401,6 +434,25 @@ impl KafkaConsumer {
                 .and_then(|i| i32::try_from(i).ok())
                 .is_some_and(|p| shared.assigned.contains(&p))
         });
+    }
+}
+
+/// Moves one partition's fetch position, retrying while librdkafka is not ready to
+/// (a partition just assigned has not started fetching yet).
+fn seek_blocking(client: &Client, tpl: TopicPartitionList, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let outcome = client
+            .seek_partitions(tpl.clone(), timeout)
+            .and_then(|result| result.elements().iter().try_for_each(|e| e.error()));
+        match outcome {
+            Err(e)
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.map_err(|e| error::convert("seeking", e)),
+        }
     }
 }
 
@@ -421,7 +473,7 @@ fn resolve_blocking(
     };
     let at = |p: i32, wanted: i64| -> Result<KafkaOffset> {
         let (low, high) = watermarks(p)?;
-        Ok(KafkaOffset::Offset(wanted.clamp(low, high)))
+        Ok(KafkaOffset::Offset(wanted.min(high).max(low)))
     };
     match start {
         StartFrom::Earliest => Ok(partitions.iter().map(|p| (*p, KafkaOffset::Beginning)).collect()),
@@ -467,8 +519,11 @@ fn resolve_blocking(
 #[async_trait]
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Received>> {
+        self.finish_seek().await?;
         let client = self.client()?.clone();
-        let max = max.max(1);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(86_400 * 365));
         self.pick_up_new_partitions().await?;
         {
@@ -480,7 +535,7 @@ impl Consumer for KafkaConsumer {
                             let record = self.received(&message);
                             self.buffer.push_back(record);
                         }
-                        Some(Some(Err(e))) => self.consume_error(e)?,
+                        Some(Some(Err(e))) => self.consume_error(e).await?,
                         Some(None) | None => break,
                     }
                 }
@@ -493,7 +548,7 @@ impl Consumer for KafkaConsumer {
                         let record = self.received(&message);
                         self.buffer.push_back(record);
                     }
-                    Ok(Some(Err(e))) => self.consume_error(e)?,
+                    Ok(Some(Err(e))) => self.consume_error(e).await?,
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -521,6 +576,7 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn commit(&mut self) -> Result<()> {
+        self.finish_seek().await?;
         let client = self.client()?.clone();
         if self.group.is_none() {
             return Err(Error::unsupported(
@@ -548,6 +604,7 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn seek(&mut self, partition: &PartitionId, to: StartFrom) -> Result<()> {
+        self.finish_seek().await?;
         let client = self.client()?.clone();
         let p = kafka_partition(partition)?;
         if !lock(&self.shared).assigned.contains(&p) {
@@ -559,18 +616,9 @@ impl Consumer for KafkaConsumer {
         let starts = self.resolve_starts(index_of(p)..index_of(p) + 1, to).await?;
         let tpl = self.position_list(&starts)?;
         let timeout = self.config.operation_timeout;
-        let result = blocking(move || client.seek_partitions(tpl, timeout))
-            .await?
-            .map_err(|e| error::convert("seeking", e))?;
-        for e in result.elements() {
-            e.error().map_err(|e| error::convert("seeking", e))?;
-        }
-        self.buffer.retain(|r| &r.partition != partition);
-        let mut shared = lock(&self.shared);
-        if self.group.is_some() {
-            shared.acks.reset(partition);
-        }
-        Ok(())
+        let handle = tokio::task::spawn_blocking(move || seek_blocking(&client, tpl, timeout));
+        self.pending_seek = Some((partition.clone(), handle));
+        self.finish_seek().await
     }
 
     fn assignment(&self) -> Vec<PartitionId> {
@@ -625,6 +673,7 @@ impl Consumer for KafkaConsumer {
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
         // Closing a group member blocks until it has left the group: not on a runtime worker.
+        lock(&self.shared).dropped = true;
         if let Some(client) = self.client.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {

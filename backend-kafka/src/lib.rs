@@ -4,6 +4,7 @@ mod admin;
 mod config;
 mod consumer;
 mod error;
+mod headers;
 mod metadata;
 mod producer;
 

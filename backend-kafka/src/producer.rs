@@ -24,8 +24,8 @@ use crate::metadata::{blocking, fetch_partition_count};
 pub struct KafkaProducer {
     config: Arc<KafkaConfig>,
     client_config: ClientConfig,
-    /// Replaced by a fresh producer after a fatal (idempotence) error.
-    producer: Mutex<Arc<FutureProducer>>,
+    /// Replaced by a fresh producer after a fatal (idempotence) error; taken on drop.
+    producer: Mutex<Option<Arc<FutureProducer>>>,
     closed: AtomicBool,
     /// Partition counts of topics recently seen to exist, and when.
     topics: Mutex<HashMap<String, (u32, Instant)>>,
@@ -56,17 +56,18 @@ impl KafkaProducer {
         Ok(Self {
             config,
             client_config,
-            producer: Mutex::new(producer),
+            producer: Mutex::new(Some(producer)),
             closed: AtomicBool::new(false),
             topics: Mutex::new(HashMap::new()),
         })
     }
 
-    fn current(&self) -> Arc<FutureProducer> {
+    fn current(&self) -> Result<Arc<FutureProducer>> {
         self.producer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+            .ok_or_else(|| Error::closed("producer"))
     }
 
     /// The partition count of a topic, from a short-lived cache or the brokers.
@@ -82,7 +83,7 @@ impl KafkaProducer {
         {
             return Ok(*count);
         }
-        let producer = self.current();
+        let producer = self.current()?;
         let name = topic.to_string();
         let timeout = self.config.operation_timeout;
         let count = blocking(move || fetch_partition_count(producer.client(), &name, timeout)).await??;
@@ -132,14 +133,40 @@ impl KafkaProducer {
         let Some((code, reason)) = failed.client().fatal_error() else {
             return;
         };
-        let mut current = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
-        if !Arc::ptr_eq(&current, failed) {
+        let mut guard = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(current) = guard.as_mut() else {
+            return;
+        };
+        if !Arc::ptr_eq(current, failed) {
             return; // another send already replaced it
         }
         tracing::warn!(%code, %reason, "kafka producer hit a fatal error; creating a new producer");
         match create(&self.client_config) {
-            Ok(fresh) => *current = fresh,
+            Ok(fresh) => drop_off_runtime(std::mem::replace(current, fresh)),
             Err(e) => tracing::error!(error = %e, "kafka producer could not be recreated"),
+        }
+    }
+}
+
+/// Destroying a producer flushes and joins librdkafka's threads: not on an async
+/// worker when this is the last handle.
+fn drop_off_runtime(producer: Arc<FutureProducer>) {
+    if Arc::strong_count(&producer) == 1
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        drop(runtime.spawn_blocking(move || drop(producer)));
+    }
+}
+
+impl Drop for KafkaProducer {
+    fn drop(&mut self) {
+        if let Some(producer) = self
+            .producer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            drop_off_runtime(producer);
         }
     }
 }
@@ -182,7 +209,10 @@ impl Producer for KafkaProducer {
         if let Err(e) = self.check_batch(stream, &records).await {
             return Err(SendError::nothing_sent(e, records));
         }
-        let producer = self.current();
+        let producer = match self.current() {
+            Ok(p) => p,
+            Err(e) => return Err(SendError::nothing_sent(e, records)),
+        };
         let mut pending: Vec<Option<DeliveryFuture>> = Vec::with_capacity(records.len());
         let mut outcomes: Vec<Option<Outcome>> = (0..records.len()).map(|_| None).collect();
         let mut enqueue_error = None;
@@ -219,7 +249,12 @@ impl Producer for KafkaProducer {
                         }
                     }
                     Err((e, _)) => {
-                        enqueue_error = Some((i, error::convert("queueing a record", e)));
+                        // Never queued, so never sent: whatever the code, not Indeterminate.
+                        let mut refused = error::convert("queueing a record", e);
+                        if refused.kind() == ErrorKind::Indeterminate {
+                            refused = Error::new(ErrorKind::Unavailable, refused.message().to_string());
+                        }
+                        enqueue_error = Some((i, refused));
                         break;
                     }
                 }
@@ -257,10 +292,11 @@ impl Producer for KafkaProducer {
                 }
             }
         }
+        self.recover_if_fatal(&producer);
+        drop_off_runtime(producer);
         match first_error {
             None if unsent.is_empty() => Ok(deliveries),
             first => {
-                self.recover_if_fatal(&producer);
                 let error = match first {
                     Some(e) if indeterminate && e.kind() != ErrorKind::Indeterminate => Error::new(
                         ErrorKind::Indeterminate,
@@ -294,7 +330,7 @@ impl Producer for KafkaProducer {
 impl KafkaProducer {
     /// Waits for every queued record, whichever send queued it.
     async fn flush_all(&self) -> Result<()> {
-        let producer = self.current();
+        let producer = self.current()?;
         let timeout = self.config.delivery_timeout + Duration::from_secs(1);
         blocking(move || producer.flush(timeout))
             .await?

@@ -155,7 +155,13 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
     let mut seen: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
     let mut per_partition: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
     let mut quiet = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while quiet < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read {} of at least {expected_min} records in 2 minutes",
+            seen.len()
+        );
         let batch = consumer.poll(10_000, Duration::from_secs(1)).await.unwrap();
         if batch.is_empty() {
             if seen.len() >= expected_min {
@@ -233,4 +239,24 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_not_found_and_never_created() {
+    // The mock cluster creates topics on request, as brokers do by default.
+    let cluster = MockCluster::new(1).expect("a mock cluster");
+    let mut config = KafkaConfig::new(cluster.bootstrap_servers());
+    config.operation_timeout = Duration::from_secs(5);
+    let backend = KafkaBackend::new(config).unwrap();
+    let producer = backend.producer(ProducerConfig::default()).await.unwrap();
+    let err = producer.send("nope", vec![Record::new("x")]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{}", err.error);
+    let admin = backend.admin().await.unwrap();
+    assert_eq!(
+        admin.describe_stream("nope").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let consumer = backend.consumer(ConsumerConfig::broadcast("nope")).await;
+    assert_eq!(consumer.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    assert!(!admin.list_streams().await.unwrap().contains(&"nope".to_string()));
 }
