@@ -604,6 +604,10 @@ impl KafkaConfig {
             Role::Consumer => {
                 c.set("enable.auto.commit", "false")
                     .set("enable.auto.offset.store", "false")
+                    // librdkafka's default (1 s) stalls fetching for a whole second each
+                    // time the local queue passes queued.min.messages: it held a reader
+                    // of 100 B records to ~180 k rec/s here, against ~1.5 M with 10 ms.
+                    .set("fetch.queue.backoff.ms", "10")
                     .set("enable.partition.eof", "false")
                     .set("check.crcs", "true")
                     .set("auto.offset.reset", "earliest")
@@ -711,6 +715,7 @@ mod tests {
         );
         assert_eq!(consumer.get("group.id"), Some("g"));
         assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"));
         for role in [Role::Producer, Role::Consumer, Role::Admin] {
             let client = c.client_config(role, None);
             assert_eq!(client.get("allow.auto.create.topics"), Some("false"), "{role:?}");

@@ -191,6 +191,8 @@ pub struct KafkaConsumer {
     /// A seek handed to librdkafka whose outcome is still to be applied here (kept
     /// across a cancelled `seek`, so the next call finishes it).
     pending_seek: Option<(PartitionId, tokio::task::JoinHandle<Result<()>>)>,
+    /// Partition ids by index, made once (each record carries one).
+    partition_ids: Vec<PartitionId>,
     /// Broadcast: partitions assigned so far, and when metadata was last checked.
     broadcast_partitions: u32,
     metadata_checked: Instant,
@@ -246,6 +248,7 @@ impl KafkaConsumer {
             shared,
             buffer: VecDeque::new(),
             pending_seek: None,
+            partition_ids: Vec::new(),
             broadcast_partitions: 0,
             metadata_checked: Instant::now(),
         };
@@ -370,11 +373,26 @@ impl KafkaConsumer {
         Ok(())
     }
 
-    fn received(&self, message: &BorrowedMessage<'_>) -> Received {
+    fn partition_id(&mut self, partition: i32) -> PartitionId {
+        const CACHED: usize = 65_536;
+        let index = usize::try_from(partition).unwrap_or_default();
+        if index >= CACHED {
+            return PartitionId::from_index(index_of(partition));
+        }
+        if index >= self.partition_ids.len() {
+            let have = self.partition_ids.len();
+            self.partition_ids.extend(
+                (have..=index).map(|i| PartitionId::from_index(u32::try_from(i).unwrap_or_default())),
+            );
+        }
+        self.partition_ids[index].clone()
+    }
+
+    fn received(&mut self, message: &BorrowedMessage<'_>) -> Received {
         let headers = crate::headers::headers_of(message);
         Received {
             stream: self.topic.clone(),
-            partition: PartitionId::from_index(index_of(message.partition())),
+            partition: self.partition_id(message.partition()),
             offset: Offset::new(u64::try_from(message.offset()).unwrap_or_default()),
             key: message.key().map(Bytes::copy_from_slice),
             value: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
@@ -422,18 +440,20 @@ impl KafkaConsumer {
         outcome.map_err(|e| Error::new(ErrorKind::Backend, format!("kafka: seeking failed: {e}")))?
     }
 
-    /// Drops buffered records of partitions this member no longer owns.
-    fn drop_revoked(&mut self) {
+    /// Drops records of partitions this member no longer owns, from `out` and the buffer.
+    fn drop_revoked(&mut self, out: &mut Vec<Received>) {
         if self.group.is_none() {
             return;
         }
         let shared = lock(&self.shared);
-        self.buffer.retain(|r| {
+        let owned = |r: &Received| {
             r.partition
                 .index()
                 .and_then(|i| i32::try_from(i).ok())
                 .is_some_and(|p| shared.assigned.contains(&p))
-        });
+        };
+        out.retain(owned);
+        self.buffer.retain(owned);
     }
 }
 
@@ -526,36 +546,54 @@ impl Consumer for KafkaConsumer {
         }
         let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(86_400 * 365));
         self.pick_up_new_partitions().await?;
+        // Records go straight into `out` between await points; at an await point they
+        // are either none yet or parked in `self.buffer`, so a dropped poll loses none.
+        let mut out: Vec<Received> = Vec::with_capacity(max.min(1024));
         {
             let mut stream = client.stream();
             loop {
-                while self.buffer.len() < max {
+                while out.len() < max {
+                    let Some(record) = self.buffer.pop_front() else {
+                        break;
+                    };
+                    out.push(record);
+                }
+                let mut failed = None;
+                while out.len() < max {
                     match stream.next().now_or_never() {
                         Some(Some(Ok(message))) => {
                             let record = self.received(&message);
-                            self.buffer.push_back(record);
+                            out.push(record);
                         }
-                        Some(Some(Err(e))) => self.consume_error(e).await?,
+                        Some(Some(Err(e))) => {
+                            failed = Some(e);
+                            break;
+                        }
                         Some(None) | None => break,
                     }
                 }
-                self.drop_revoked();
-                if !self.buffer.is_empty() {
+                if let Some(e) = failed {
+                    for record in out.drain(..).rev() {
+                        self.buffer.push_front(record);
+                    }
+                    self.consume_error(e).await?;
+                    continue;
+                }
+                self.drop_revoked(&mut out);
+                if !out.is_empty() {
                     break;
                 }
                 match tokio::time::timeout_at(deadline, stream.next()).await {
                     Ok(Some(Ok(message))) => {
                         let record = self.received(&message);
-                        self.buffer.push_back(record);
+                        out.push(record);
                     }
                     Ok(Some(Err(e))) => self.consume_error(e).await?,
                     Ok(None) | Err(_) => break,
                 }
             }
         }
-        self.drop_revoked();
-        let take = self.buffer.len().min(max);
-        let out: Vec<Received> = self.buffer.drain(..take).collect();
+        self.drop_revoked(&mut out);
         if self.group.is_some() {
             let mut shared = lock(&self.shared);
             for r in &out {

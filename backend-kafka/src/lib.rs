@@ -49,6 +49,14 @@ impl KafkaBackend {
         &self.config
     }
 
+    /// A producer as its concrete type (for [`KafkaProducer::fatal_recoveries`]).
+    ///
+    /// # Errors
+    /// `InvalidConfig` if librdkafka refuses the settings.
+    pub fn kafka_producer(&self, config: ProducerConfig) -> Result<KafkaProducer> {
+        KafkaProducer::new(self.config.clone(), config.client_id.as_deref())
+    }
+
     fn admin_client(&self) -> Result<Arc<AdminClient<DefaultClientContext>>> {
         if let Some(client) = self.admin.get() {
             return Ok(client.clone());

@@ -27,6 +27,8 @@ pub struct KafkaProducer {
     /// Replaced by a fresh producer after a fatal (idempotence) error; taken on drop.
     producer: Mutex<Option<Arc<FutureProducer>>>,
     closed: AtomicBool,
+    /// How many times a fatal error replaced the librdkafka producer.
+    replaced: std::sync::atomic::AtomicU64,
     /// Partition counts of topics recently seen to exist, and when.
     topics: Mutex<HashMap<String, (u32, Instant)>>,
 }
@@ -58,8 +60,16 @@ impl KafkaProducer {
             client_config,
             producer: Mutex::new(Some(producer)),
             closed: AtomicBool::new(false),
+            replaced: std::sync::atomic::AtomicU64::new(0),
             topics: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// How many times a fatal error (such as a broken idempotence sequence) made this
+    /// producer replace its librdkafka client. Worth a metric: each replacement follows
+    /// sends that failed.
+    pub fn fatal_recoveries(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
     }
 
     fn current(&self) -> Result<Arc<FutureProducer>> {
@@ -142,7 +152,10 @@ impl KafkaProducer {
         }
         tracing::warn!(%code, %reason, "kafka producer hit a fatal error; creating a new producer");
         match create(&self.client_config) {
-            Ok(fresh) => drop_off_runtime(std::mem::replace(current, fresh)),
+            Ok(fresh) => {
+                drop_off_runtime(std::mem::replace(current, fresh));
+                self.replaced.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => tracing::error!(error = %e, "kafka producer could not be recreated"),
         }
     }
@@ -210,6 +223,14 @@ impl Producer for KafkaProducer {
             return Err(SendError::nothing_sent(e, records));
         }
         let producer = match self.current() {
+            Ok(p) if p.client().fatal_error().is_some() => {
+                // Failed since the last send returned: replace it before using it.
+                self.recover_if_fatal(&p);
+                match self.current() {
+                    Ok(p) => p,
+                    Err(e) => return Err(SendError::nothing_sent(e, records)),
+                }
+            }
             Ok(p) => p,
             Err(e) => return Err(SendError::nothing_sent(e, records)),
         };

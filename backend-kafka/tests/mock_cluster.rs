@@ -260,3 +260,41 @@ async fn a_missing_topic_is_not_found_and_never_created() {
     assert_eq!(consumer.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
     assert!(!admin.list_streams().await.unwrap().contains(&"nope".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_idempotence_error_is_reported_and_the_producer_replaced() {
+    let cluster = MockCluster::new(1).expect("a mock cluster");
+    cluster.create_topic("fatal", 1, 1).unwrap();
+    let mut config = KafkaConfig::new(cluster.bootstrap_servers());
+    config.delivery_timeout = Duration::from_secs(5);
+    // With the gapless guarantee, a sequence gap is fatal instead of bumping the epoch.
+    config
+        .librdkafka
+        .insert("enable.gapless.guarantee".into(), "true".into());
+    let backend = KafkaBackend::new(config).unwrap();
+    let producer = backend.kafka_producer(ProducerConfig::default()).unwrap();
+    producer.send("fatal", vec![Record::new("before")]).await.unwrap();
+    assert_eq!(producer.fatal_recoveries(), 0);
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let err = producer
+        .send("fatal", vec![Record::new("during")])
+        .await
+        .unwrap_err();
+    eprintln!("fatal send: {:?} {}", err.kind(), err.error);
+    assert_eq!(err.unsent.len(), 1);
+    assert_eq!(
+        producer.fatal_recoveries(),
+        1,
+        "the fatal error replaced the client"
+    );
+    // The next send goes through a new producer.
+    let after = producer.send("fatal", vec![Record::new("after")]).await;
+    assert!(
+        after.is_ok(),
+        "the producer was not replaced: {:?}",
+        after.err().map(|e| e.error)
+    );
+}
