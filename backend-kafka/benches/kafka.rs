@@ -21,7 +21,7 @@ use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tributary_core::{Backend, Bytes, ConsumerConfig, Producer, ProducerConfig, Record, StreamSpec};
@@ -237,14 +237,34 @@ async fn consume_raw(bootstrap: &str, topic: &str, total: usize) -> f64 {
     let start = Instant::now();
     let mut read = 1;
     let mut bytes = 0usize;
+    let mut owned = Vec::with_capacity(1024);
     while read < total {
         let m = stream.next().await.unwrap().unwrap();
-        // The same work tributary does: own the key and value.
-        let owned = (
+        // The same work tributary does: hand the application an owned record with its
+        // position, key, value, headers and timestamp.
+        let headers: Vec<(String, Bytes)> = m.headers().map_or_else(Vec::new, |hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                    )
+                })
+                .collect()
+        });
+        let record = (
+            m.partition(),
+            m.offset(),
             m.key().map(Bytes::copy_from_slice),
-            m.payload().map(Bytes::copy_from_slice),
+            m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+            headers,
+            m.timestamp().to_millis(),
         );
-        bytes += owned.1.map_or(0, |v| v.len());
+        bytes += record.3.len();
+        owned.push(record);
+        if owned.len() == 1024 {
+            owned.clear();
+        }
         read += 1;
     }
     assert!(bytes > 0);
