@@ -49,13 +49,23 @@ impl Shared {
 
 /// Runs a blocking librdkafka call from inside a callback: through `block_in_place` on
 /// a multi-threaded tokio runtime (its other tasks move to other workers), directly
-/// elsewhere.
+/// elsewhere, and directly where tokio refuses (inside a `LocalSet`).
 fn off_the_runtime<T>(call: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(call)
-        }
-        _ => call(),
+    let multi_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if !multi_threaded {
+        return call();
+    }
+    let mut call = Some(call);
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tokio::task::block_in_place(|| call.take().map(|c| c()))
+    }));
+    match (attempt, call.take()) {
+        (Ok(Some(value)), _) => value,
+        // block_in_place refused before running the call: run it here.
+        (Err(_), Some(call)) | (Ok(None), Some(call)) => call(),
+        (Err(panic), None) => std::panic::resume_unwind(panic),
+        (Ok(None), None) => unreachable!("the call runs exactly once"),
     }
 }
 
@@ -423,9 +433,21 @@ impl KafkaConsumer {
         }
     }
 
-    /// Waits for a seek in flight, then drops what was read from the old position and
-    /// the acknowledgements of the partition. Cancel safe: the seek stays pending.
+    /// Waits for a seek in flight; once it moved the position, drops what was read from
+    /// the old position and the acknowledgements of the partition. Cancel safe: the
+    /// seek stays pending. The error of a seek whose call was cancelled is logged, not
+    /// returned by the unrelated call that finishes it.
     async fn finish_seek(&mut self) -> Result<()> {
+        match self.finish_seek_reporting().await {
+            Err(e) if e.kind() != ErrorKind::Closed => {
+                tracing::warn!(error = %e, "kafka: a seek whose call was cancelled failed");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn finish_seek_reporting(&mut self) -> Result<()> {
         let Some((_, handle)) = self.pending_seek.as_mut() else {
             return Ok(());
         };
@@ -433,11 +455,15 @@ impl KafkaConsumer {
         let Some((partition, _)) = self.pending_seek.take() else {
             return Ok(());
         };
+        let moved =
+            outcome.map_err(|e| Error::new(ErrorKind::Backend, format!("kafka: seeking failed: {e}")))?;
+        // A failed seek left the position where it was: keep what was read and acked.
+        moved?;
         self.buffer.retain(|r| r.partition != partition);
         if self.group.is_some() {
             lock(&self.shared).acks.reset(&partition);
         }
-        outcome.map_err(|e| Error::new(ErrorKind::Backend, format!("kafka: seeking failed: {e}")))?
+        Ok(())
     }
 
     /// Drops records of partitions this member no longer owns, from `out` and the buffer.
@@ -656,7 +682,7 @@ impl Consumer for KafkaConsumer {
         let timeout = self.config.operation_timeout;
         let handle = tokio::task::spawn_blocking(move || seek_blocking(&client, tpl, timeout));
         self.pending_seek = Some((partition.clone(), handle));
-        self.finish_seek().await
+        self.finish_seek_reporting().await
     }
 
     fn assignment(&self) -> Vec<PartitionId> {
@@ -717,5 +743,38 @@ impl Drop for KafkaConsumer {
         {
             drop(runtime.spawn_blocking(move || drop(client)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::off_the_runtime;
+
+    #[test]
+    fn blocking_calls_from_callbacks_run_in_every_runtime_shape() {
+        assert_eq!(off_the_runtime(|| 0), 0, "no runtime");
+        let single = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(single.block_on(async { off_the_runtime(|| 1) }), 1);
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let on_worker = multi.block_on(async { tokio::spawn(async { off_the_runtime(|| 2) }).await });
+        assert_eq!(on_worker.unwrap(), 2);
+        // tokio refuses block_in_place inside a LocalSet: the call still runs, once.
+        let local = tokio::task::LocalSet::new();
+        let mut runs = 0;
+        assert_eq!(
+            local.block_on(&multi, async {
+                off_the_runtime(|| {
+                    runs += 1;
+                    3
+                })
+            }),
+            3
+        );
+        assert_eq!(runs, 1);
+        let blocking = multi.block_on(async { tokio::task::spawn_blocking(|| off_the_runtime(|| 4)).await });
+        assert_eq!(blocking.unwrap(), 4);
     }
 }

@@ -1,7 +1,8 @@
 //! Record headers read straight from librdkafka. rdkafka's own accessor panics on a
 //! header name that is not UTF-8, which any other Kafka client can write; a consumer
 //! must not crash on such a record (nor again on every restart). Names are decoded
-//! lossily; a null value reads as empty.
+//! lossily, and end at a NUL byte (librdkafka gives no name length); a null value
+//! reads as empty.
 
 #![allow(
     unsafe_code,

@@ -161,13 +161,14 @@ impl KafkaProducer {
     }
 }
 
-/// Destroying a producer flushes and joins librdkafka's threads: not on an async
-/// worker when this is the last handle.
+/// Destroying a producer flushes and joins librdkafka's threads: when this is the last
+/// handle, not on an async worker.
 fn drop_off_runtime(producer: Arc<FutureProducer>) {
-    if Arc::strong_count(&producer) == 1
-        && let Ok(runtime) = tokio::runtime::Handle::try_current()
-    {
-        drop(runtime.spawn_blocking(move || drop(producer)));
+    if let Some(last) = Arc::into_inner(producer) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(last))),
+            Err(_) => drop(last),
+        }
     }
 }
 
@@ -226,6 +227,7 @@ impl Producer for KafkaProducer {
             Ok(p) if p.client().fatal_error().is_some() => {
                 // Failed since the last send returned: replace it before using it.
                 self.recover_if_fatal(&p);
+                drop_off_runtime(p);
                 match self.current() {
                     Ok(p) => p,
                     Err(e) => return Err(SendError::nothing_sent(e, records)),
