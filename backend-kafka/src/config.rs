@@ -555,6 +555,20 @@ impl KafkaConfig {
         Ok(())
     }
 
+    /// Every secret value in these settings (to scrub from messages).
+    pub(crate) fn secret_values(&self) -> Vec<String> {
+        let named = [&self.sasl_password, &self.ssl_key_password]
+            .into_iter()
+            .flatten()
+            .map(|s| s.expose().to_string());
+        let passthrough = self
+            .librdkafka
+            .iter()
+            .filter(|(k, _)| is_secret_key(k))
+            .map(|(_, v)| v.clone());
+        named.chain(passthrough).collect()
+    }
+
     /// The librdkafka configuration of one client.
     pub(crate) fn client_config(&self, role: Role, group: Option<&str>) -> ClientConfig {
         let mut c = ClientConfig::new();

@@ -21,7 +21,7 @@ use tributary_core::{
 };
 
 use crate::config::{KafkaConfig, Role};
-use crate::error;
+use crate::error::{self, AuthWatch};
 use crate::metadata::{blocking, fetch_partition_count, retry_transient};
 
 type Client = StreamConsumer<GroupContext>;
@@ -73,9 +73,20 @@ fn off_the_runtime<T>(call: impl FnOnce() -> T) -> T {
 struct GroupContext {
     topic: Arc<str>,
     shared: Arc<Mutex<Shared>>,
+    auth: Arc<AuthWatch>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.auth.observe_log(level, message);
+        error::log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.auth.observe(&error, reason);
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -230,9 +241,11 @@ impl KafkaConsumer {
         };
         let topic: Arc<str> = Arc::from(consumer.stream.as_str());
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let auth = Arc::new(AuthWatch::new(config.secret_values()));
         let context = GroupContext {
             topic: topic.clone(),
             shared: shared.clone(),
+            auth: auth.clone(),
         };
         // librdkafka needs a group id even to assign partitions by hand; a broadcast
         // consumer gets one of its own that never joins a group nor commits.
@@ -247,8 +260,15 @@ impl KafkaConsumer {
         );
         let timeout = config.operation_timeout;
         let partitions = {
-            let (client, name) = (client.clone(), topic.clone());
-            blocking(move || fetch_partition_count(client.client(), &name, timeout)).await??
+            let (looking, name) = (client.clone(), topic.clone());
+            let found = blocking(move || fetch_partition_count(looking.client(), &name, timeout)).await?;
+            if found.is_err() {
+                // Serve librdkafka's queued error events, so an authentication
+                // failure reaches the context before the error is explained.
+                let mut events = client.stream();
+                while let Some(Some(_)) = events.next().now_or_never() {}
+            }
+            found.map_err(|e| auth.explain(e))?
         };
         let mut this = Self {
             topic,

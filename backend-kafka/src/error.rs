@@ -106,3 +106,105 @@ mod tests {
         assert!(convert("x", KafkaError::MessageConsumption(Code::AllBrokersDown)).is_retryable());
     }
 }
+
+/// Remembers why librdkafka's authentication failed, so the operation that then times
+/// out or finds no broker can say so: librdkafka reports a refused password as a
+/// client error event, while the call itself only sees a transport failure.
+#[derive(Debug, Default)]
+pub(crate) struct AuthWatch {
+    failure: std::sync::Mutex<Option<String>>,
+    /// Scrubbed from anything recorded, should a message ever echo it.
+    secrets: Vec<String>,
+}
+
+impl AuthWatch {
+    pub(crate) fn new(secrets: Vec<String>) -> Self {
+        Self {
+            failure: std::sync::Mutex::default(),
+            secrets: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+        }
+    }
+
+    /// Called from the client's error callback (served when the client polls).
+    pub(crate) fn observe(&self, error: &KafkaError, reason: &str) {
+        let code = code_of(error);
+        if matches!(code, Some(Code::Authentication | Code::SaslAuthenticationFailed)) {
+            self.record(reason);
+        }
+    }
+
+    /// Called from the client's log callback, which librdkafka calls from its own
+    /// threads at once: a broker connection failing authentication logs there first.
+    pub(crate) fn observe_log(&self, level: rdkafka::config::RDKafkaLogLevel, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as Level;
+        let severe = matches!(
+            level,
+            Level::Emerg | Level::Alert | Level::Critical | Level::Error
+        );
+        if severe && message.contains("SASL authentication error") {
+            self.record(message);
+        }
+    }
+
+    fn record(&self, reason: &str) {
+        let mut text = reason.to_string();
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "<redacted>");
+        }
+        *self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+    }
+
+    /// `error`, or an authentication failure if one explains it.
+    pub(crate) fn explain(&self, error: Error) -> Error {
+        if !matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) {
+            return error;
+        }
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(why) => Error::new(
+                ErrorKind::InvalidConfig,
+                format!("kafka: authentication failed: {why} (then: {})", error.message()),
+            ),
+            None => error,
+        }
+    }
+}
+
+/// The client context of producers and admin clients: logs librdkafka's errors and
+/// watches for authentication failures.
+pub(crate) struct WatchedContext {
+    pub(crate) auth: std::sync::Arc<AuthWatch>,
+}
+
+impl rdkafka::ClientContext for WatchedContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.auth.observe_log(level, message);
+        log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.auth.observe(&error, reason);
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+/// librdkafka's log lines as `tracing` events, at their own levels (as rdkafka's
+/// default context does).
+pub(crate) fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as Level;
+    match level {
+        Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+            tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+        }
+        Level::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        Level::Notice | Level::Info => tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        Level::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+    }
+}

@@ -11,13 +11,15 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+
+type Client = FutureProducer<WatchedContext>;
 use tributary_core::{
     Delivery, Error, ErrorKind, Offset, PartitionId, Producer, Record, Result, SendError, Timestamp,
     async_trait, validate_stream_name,
 };
 
 use crate::config::{KafkaConfig, Role};
-use crate::error;
+use crate::error::{self, AuthWatch, WatchedContext};
 use crate::metadata::{blocking, fetch_partition_count};
 
 /// Sends records to Kafka topics. Cheap to share: `send` takes `&self`.
@@ -25,7 +27,8 @@ pub struct KafkaProducer {
     config: Arc<KafkaConfig>,
     client_config: ClientConfig,
     /// Replaced by a fresh producer after a fatal (idempotence) error; taken on drop.
-    producer: Mutex<Option<Arc<FutureProducer>>>,
+    producer: Mutex<Option<Arc<Client>>>,
+    auth: Arc<AuthWatch>,
     closed: AtomicBool,
     /// How many times a fatal error replaced the librdkafka producer.
     replaced: std::sync::atomic::AtomicU64,
@@ -54,8 +57,10 @@ impl KafkaProducer {
         if let Some(id) = client_id {
             client_config.set("client.id", id);
         }
-        let producer = create(&client_config)?;
+        let auth = Arc::new(AuthWatch::new(config.secret_values()));
+        let producer = create(&client_config, &auth)?;
         Ok(Self {
+            auth,
             config,
             client_config,
             producer: Mutex::new(Some(producer)),
@@ -72,7 +77,7 @@ impl KafkaProducer {
         self.replaced.load(Ordering::Relaxed)
     }
 
-    fn current(&self) -> Result<Arc<FutureProducer>> {
+    fn current(&self) -> Result<Arc<Client>> {
         self.producer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -139,7 +144,7 @@ impl KafkaProducer {
     }
 
     /// After a fatal error the producer cannot send again: swap in a new one.
-    fn recover_if_fatal(&self, failed: &Arc<FutureProducer>) {
+    fn recover_if_fatal(&self, failed: &Arc<Client>) {
         let Some((code, reason)) = failed.client().fatal_error() else {
             return;
         };
@@ -151,7 +156,7 @@ impl KafkaProducer {
             return; // another send already replaced it
         }
         tracing::warn!(%code, %reason, "kafka producer hit a fatal error; creating a new producer");
-        match create(&self.client_config) {
+        match create(&self.client_config, &self.auth) {
             Ok(fresh) => {
                 drop_off_runtime(std::mem::replace(current, fresh));
                 self.replaced.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +168,7 @@ impl KafkaProducer {
 
 /// Destroying a producer flushes and joins librdkafka's threads: when this is the last
 /// handle, not on an async worker.
-fn drop_off_runtime(producer: Arc<FutureProducer>) {
+fn drop_off_runtime(producer: Arc<Client>) {
     if let Some(last) = Arc::into_inner(producer) {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(move || drop(last))),
@@ -185,9 +190,9 @@ impl Drop for KafkaProducer {
     }
 }
 
-fn create(client_config: &ClientConfig) -> Result<Arc<FutureProducer>> {
+fn create(client_config: &ClientConfig, auth: &Arc<AuthWatch>) -> Result<Arc<Client>> {
     client_config
-        .create::<FutureProducer>()
+        .create_with_context::<_, Client>(WatchedContext { auth: auth.clone() })
         .map(Arc::new)
         .map_err(|e| error::convert("creating a producer", e))
 }
@@ -221,7 +226,7 @@ impl Producer for KafkaProducer {
             return Ok(Vec::new());
         }
         if let Err(e) = self.check_batch(stream, &records).await {
-            return Err(SendError::nothing_sent(e, records));
+            return Err(SendError::nothing_sent(self.auth.explain(e), records));
         }
         let producer = match self.current() {
             Ok(p) if p.client().fatal_error().is_some() => {
@@ -357,7 +362,7 @@ impl KafkaProducer {
         let timeout = self.config.delivery_timeout + Duration::from_secs(1);
         blocking(move || producer.flush(timeout))
             .await?
-            .map_err(|e| error::convert("flushing the producer", e))
+            .map_err(|e| self.auth.explain(error::convert("flushing the producer", e)))
     }
 }
 

@@ -13,17 +13,7 @@ use tributary_core::{Backend, ProducerConfig, Record, StreamSpec, Timestamp};
 use tributary_kafka::{KafkaBackend, KafkaConfig};
 
 fn bootstrap() -> Option<String> {
-    let found = std::env::var("TRIBUTARY_TEST_KAFKA")
-        .ok()
-        .filter(|b| !b.is_empty());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "TRIBUTARY_TEST_KAFKA is not set under CI=true"
-        );
-        eprintln!("SKIPPED: TRIBUTARY_TEST_KAFKA is not set (scripts/kafka start)");
-    }
-    found
+    tributary_conformance::server_from_env("TRIBUTARY_TEST_KAFKA", "scripts/kafka start")
 }
 
 /// The Kafka jars `scripts/kafka` installed.

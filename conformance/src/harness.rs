@@ -69,6 +69,27 @@ pub trait Harness: Send + Sync + 'static {
     }
 }
 
+/// The address of a test server from the environment variable `var`, for tests that
+/// need one (a broker, an emulator). Unset or empty: `None`, after saying the test is
+/// skipped and how to start the server (`hint`); under `CI=true` that is a failure
+/// instead, because a skipped test in CI hides a missing server.
+///
+/// # Panics
+/// When `var` is unset and `CI=true`.
+pub fn server_from_env(var: &str, hint: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{var} is not set under CI=true ({hint})"
+            );
+            eprintln!("SKIPPED: {var} is not set ({hint})");
+            None
+        }
+    }
+}
+
 /// The in-memory engine, a fresh one per scenario.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryHarness {

@@ -4,7 +4,7 @@ mod harness;
 pub mod scenarios;
 mod support;
 
-pub use harness::{Harness, MemoryHarness, Outcome, Timing, run_scenario};
+pub use harness::{Harness, MemoryHarness, Outcome, Timing, run_scenario, server_from_env};
 pub use support::{Ctx, Members, drain, drain_quiet};
 
 /// Calls `$callback!(($($args)*) scenario, scenario, ...)` with every scenario name:
