@@ -85,21 +85,26 @@ async fn create(backend: &dyn Backend, topic: &str) {
         .unwrap();
 }
 
-/// Records/s for `total` keyed records from SENDERS tasks sending BATCH at a time.
-async fn produce_tributary(producer: Arc<dyn Producer>, topic: &str, total: usize, size: usize) -> f64 {
-    let payload = value(size);
+/// Records/s for `total` keyed records from SENDERS tasks, each calling `send_batch`
+/// with the keys of one BATCH at a time and waiting for it.
+async fn in_senders<F, Fut>(total: usize, send_batch: F) -> f64
+where
+    F: Fn(Vec<String>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let batches = total / SENDERS / BATCH;
     let start = Instant::now();
     let tasks: Vec<_> = (0..SENDERS)
         .map(|s| {
-            let (producer, topic, payload) = (producer.clone(), topic.to_string(), payload.clone());
+            let send_batch = send_batch.clone();
             tokio::spawn(async move {
-                for b in 0..total / SENDERS / BATCH {
-                    let records: Vec<Record> = (0..BATCH)
-                        .map(|i| {
-                            Record::new(payload.clone()).with_key(format!("k{}", (s * 7 + b + i) % 1000))
-                        })
-                        .collect();
-                    producer.send(&topic, records).await.unwrap();
+                for b in 0..batches {
+                    send_batch(
+                        (0..BATCH)
+                            .map(|i| format!("k{}", (s * 7 + b + i) % 1000))
+                            .collect(),
+                    )
+                    .await;
                 }
             })
         })
@@ -107,42 +112,44 @@ async fn produce_tributary(producer: Arc<dyn Producer>, topic: &str, total: usiz
     for t in tasks {
         t.await.unwrap();
     }
-    (total / SENDERS / BATCH * SENDERS * BATCH) as f64 / start.elapsed().as_secs_f64()
+    (batches * SENDERS * BATCH) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn produce_tributary(producer: Arc<dyn Producer>, topic: &str, total: usize, size: usize) -> f64 {
+    let (payload, topic) = (value(size), Arc::<str>::from(topic));
+    in_senders(total, move |keys| {
+        let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+        async move {
+            let records = keys
+                .into_iter()
+                .map(|k| Record::new(payload.clone()).with_key(k))
+                .collect();
+            producer.send(&topic, records).await.unwrap();
+        }
+    })
+    .await
 }
 
 async fn produce_raw(producer: Arc<FutureProducer>, topic: &str, total: usize, size: usize) -> f64 {
-    let payload = value(size);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..SENDERS)
-        .map(|s| {
-            let (producer, topic, payload) = (producer.clone(), topic.to_string(), payload.clone());
-            tokio::spawn(async move {
-                for b in 0..total / SENDERS / BATCH {
-                    let keys: Vec<String> = (0..BATCH)
-                        .map(|i| format!("k{}", (s * 7 + b + i) % 1000))
-                        .collect();
-                    let futures: Vec<_> = keys
-                        .iter()
-                        .map(|k| {
-                            producer
-                                .send_result(
-                                    FutureRecord::to(&topic).key(k.as_str()).payload(payload.as_ref()),
-                                )
-                                .map_err(|(e, _)| e)
-                                .unwrap()
-                        })
-                        .collect();
-                    for f in futures {
-                        f.await.unwrap().map_err(|(e, _)| e).unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    (total / SENDERS / BATCH * SENDERS * BATCH) as f64 / start.elapsed().as_secs_f64()
+    let (payload, topic) = (value(size), Arc::<str>::from(topic));
+    in_senders(total, move |keys| {
+        let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+        async move {
+            let futures: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    producer
+                        .send_result(FutureRecord::to(&topic).key(k.as_str()).payload(payload.as_ref()))
+                        .map_err(|(e, _)| e)
+                        .unwrap()
+                })
+                .collect();
+            for f in futures {
+                f.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    })
+    .await
 }
 
 /// One acknowledged single-record send through tributary, in microseconds.

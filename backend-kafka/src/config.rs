@@ -392,12 +392,7 @@ impl KafkaConfig {
     /// # Errors
     /// `InvalidConfig` naming the bad key or value; values are never echoed.
     pub fn from_url(url: &BackendUrl) -> Result<Self> {
-        if url.scheme != Self::SCHEME {
-            return Err(Error::invalid_config(format!(
-                "expected a kafka:// URL, got {}://",
-                url.scheme
-            )));
-        }
+        url.expect_scheme(Self::SCHEME)?;
         let mut named = form_urlencoded::Serializer::new(String::new());
         let mut passthrough = BTreeMap::new();
         for (key, value) in form_urlencoded::parse(url.query.as_bytes()) {
@@ -411,13 +406,8 @@ impl KafkaConfig {
             }
         }
         let mut config: Self = tributary_core::query_config(Self::SCHEME, &named.finish())?;
-        if !url.target.is_empty() {
-            if url.query_keys().iter().any(|k| k == "bootstrap") {
-                return Err(Error::invalid_config(
-                    "kafka:// takes the brokers either as the URL's target or as `bootstrap=`, not both",
-                ));
-            }
-            config.bootstrap = url.target.clone();
+        if let Some(brokers) = url.target_as("bootstrap", "the brokers")? {
+            config.bootstrap = brokers.to_string();
         }
         config.librdkafka.extend(passthrough);
         config.validate()?;

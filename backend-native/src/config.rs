@@ -105,20 +105,10 @@ impl NativeConfig {
     /// `InvalidConfig` for another scheme or a bad or unknown key (the message lists the
     /// valid keys).
     pub fn from_url(url: &BackendUrl) -> Result<Self> {
-        if url.scheme != Self::SCHEME {
-            return Err(Error::invalid_config(format!(
-                "expected a native:// URL, got {}://",
-                url.scheme
-            )));
-        }
+        url.expect_scheme(Self::SCHEME)?;
         let mut config: Self = url.query_config()?;
-        if !url.target.is_empty() {
-            if url.query_keys().iter().any(|k| k == "path") {
-                return Err(Error::invalid_config(
-                    "native:// takes the directory either as the URL path or as `path=`, not both",
-                ));
-            }
-            config.path = PathBuf::from(&url.target);
+        if let Some(dir) = url.target_as("path", "the directory")? {
+            config.path = PathBuf::from(dir);
         }
         config.validate()?;
         Ok(config)

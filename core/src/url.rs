@@ -72,6 +72,39 @@ impl BackendUrl {
     pub fn query_config<T: DeserializeOwned>(&self) -> Result<T> {
         query_config(&self.scheme, &self.query)
     }
+
+    /// Checks that this URL is for the engine of `scheme`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` naming both schemes.
+    pub fn expect_scheme(&self, scheme: &str) -> Result<()> {
+        if self.scheme == scheme {
+            Ok(())
+        } else {
+            Err(Error::invalid_config(format!(
+                "expected a {scheme}:// URL, got {}://",
+                self.scheme
+            )))
+        }
+    }
+
+    /// The target, for engines that take one setting (`key`) either as the target or
+    /// as a query key: `None` when the target is empty.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when both are given; `what` names the setting in the message.
+    pub fn target_as(&self, key: &str, what: &str) -> Result<Option<&str>> {
+        if self.target.is_empty() {
+            return Ok(None);
+        }
+        if self.query_keys().iter().any(|k| k == key) {
+            return Err(Error::invalid_config(format!(
+                "{}:// takes {what} either as the URL's target or as `{key}=`, not both",
+                self.scheme
+            )));
+        }
+        Ok(Some(&self.target))
+    }
 }
 
 /// Deserializes a URL query into `T`; see [`BackendUrl::query_config`].
@@ -185,6 +218,23 @@ mod tests {
             let err = BackendUrl::parse(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{bad}");
         }
+    }
+
+    #[test]
+    fn scheme_and_target_helpers() {
+        let u = BackendUrl::parse("kafka://h:9092?bootstrap=x").unwrap();
+        assert!(u.expect_scheme("kafka").is_ok());
+        let err = u.expect_scheme("native").unwrap_err();
+        assert!(
+            err.to_string().contains("expected a native:// URL, got kafka://"),
+            "{err}"
+        );
+        let err = u.target_as("bootstrap", "the brokers").unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let u = BackendUrl::parse("kafka://h:9092").unwrap();
+        assert_eq!(u.target_as("bootstrap", "the brokers").unwrap(), Some("h:9092"));
+        let u = BackendUrl::parse("kafka://?bootstrap=h:9092").unwrap();
+        assert_eq!(u.target_as("bootstrap", "the brokers").unwrap(), None);
     }
 
     #[test]

@@ -62,12 +62,7 @@ impl MemoryConfig {
     /// `InvalidConfig` for another scheme, a target after `memory://`, or a bad or
     /// unknown key (the message lists the valid keys).
     pub fn from_url(url: &BackendUrl) -> Result<Self> {
-        if url.scheme != Self::SCHEME {
-            return Err(Error::invalid_config(format!(
-                "expected a memory:// URL, got {}://",
-                url.scheme
-            )));
-        }
+        url.expect_scheme(Self::SCHEME)?;
         if !url.target.is_empty() {
             return Err(Error::invalid_config(format!(
                 "memory:// takes no host or path (got {:?}); options go in the query, as memory://?partitions=4",
