@@ -30,6 +30,8 @@ impl Client {
             Config::Native(c) => Arc::new(tributary_native::NativeBackend::open(c)?),
             #[cfg(feature = "kafka")]
             Config::Kafka(c) => Arc::new(tributary_kafka::KafkaBackend::new(c)?),
+            #[cfg(feature = "kinesis")]
+            Config::Kinesis(c) => Arc::new(tributary_kinesis::KinesisBackend::new(c).await?),
         };
         Ok(Self { backend })
     }

@@ -28,6 +28,9 @@ pub enum Config {
     /// An Apache Kafka cluster (feature `kafka`).
     #[cfg(feature = "kafka")]
     Kafka(tributary_kafka::KafkaConfig),
+    /// Amazon Kinesis Data Streams or an emulator (feature `kinesis`).
+    #[cfg(feature = "kinesis")]
+    Kinesis(tributary_kinesis::KinesisConfig),
 }
 
 /// Whether this build of Tributary can use a URL scheme.
@@ -54,11 +57,12 @@ fn compiled(scheme: &str) -> bool {
     scheme == "memory"
         || (scheme == "native" && cfg!(feature = "native"))
         || (scheme == "kafka" && cfg!(feature = "kafka"))
+        || (scheme == "kinesis" && cfg!(feature = "kinesis"))
 }
 
 /// Features that exist in this version's Cargo.toml.
 fn feature_exists(feature: &str) -> bool {
-    matches!(feature, "native" | "kafka")
+    matches!(feature, "native" | "kafka" | "kinesis")
 }
 
 /// How this build supports `scheme`; `None` for a scheme Tributary does not know.
@@ -112,6 +116,10 @@ impl Config {
             "native" => Ok(Self::Native(tributary_native::NativeConfig::from_url(&parsed)?)),
             #[cfg(feature = "kafka")]
             "kafka" => Ok(Self::Kafka(tributary_kafka::KafkaConfig::from_url(&parsed)?)),
+            #[cfg(feature = "kinesis")]
+            "kinesis" => Ok(Self::Kinesis(tributary_kinesis::KinesisConfig::from_url(
+                &parsed,
+            )?)),
             other => Err(unusable(other)),
         }
     }
@@ -145,6 +153,8 @@ impl Config {
             "native" => Self::Native(backend_settings(&backend, table)?),
             #[cfg(feature = "kafka")]
             "kafka" => Self::Kafka(backend_settings(&backend, table)?),
+            #[cfg(feature = "kinesis")]
+            "kinesis" => Self::Kinesis(backend_settings(&backend, table)?),
             other => return Err(unusable(other)),
         };
         config.validate()?;
@@ -190,6 +200,8 @@ impl Config {
             Self::Native(_) => "native",
             #[cfg(feature = "kafka")]
             Self::Kafka(_) => "kafka",
+            #[cfg(feature = "kinesis")]
+            Self::Kinesis(_) => "kinesis",
         }
     }
 
@@ -200,6 +212,8 @@ impl Config {
             Self::Native(c) => c.validate(),
             #[cfg(feature = "kafka")]
             Self::Kafka(c) => c.validate(),
+            #[cfg(feature = "kinesis")]
+            Self::Kinesis(c) => c.validate(),
         }
     }
 }

@@ -9,6 +9,9 @@ pub use tributary_core::*;
 /// The Kafka backend's settings and handle (feature `kafka`).
 #[cfg(feature = "kafka")]
 pub use tributary_kafka::{KafkaBackend, KafkaConfig};
+/// The Kinesis backend's settings and handle (feature `kinesis`).
+#[cfg(feature = "kinesis")]
+pub use tributary_kinesis::{KinesisBackend, KinesisConfig, KinesisPosition, ReaderKind};
 /// The native engine's own settings and handle (feature `native`).
 #[cfg(feature = "native")]
 pub use tributary_native::{Durability, NativeBackend, NativeConfig};

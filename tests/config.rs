@@ -208,3 +208,28 @@ fn kafka_from_url_and_toml() {
     .unwrap_err();
     assert!(err.to_string().contains("enable.auto.commit"), "{err}");
 }
+
+#[cfg(feature = "kinesis")]
+#[test]
+fn kinesis_from_url_and_toml() {
+    let Config::Kinesis(kinesis) =
+        Config::from_url("kinesis://?region=eu-west-1&endpoint=http://127.0.0.1:4568&reader=fan_out")
+            .unwrap()
+    else {
+        panic!("kinesis")
+    };
+    assert_eq!(kinesis.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(kinesis.reader, tributary::ReaderKind::FanOut);
+    let text =
+        "backend = \"kinesis\"\nregion = \"us-east-1\"\nheaders_envelope = true\npoll_interval = \"1s\"\n";
+    let Config::Kinesis(kinesis) = Config::from_toml_str(text).unwrap() else {
+        panic!("kinesis")
+    };
+    assert!(kinesis.headers_envelope);
+    assert_eq!(kinesis.poll_interval, Duration::from_secs(1));
+    let err = Config::from_url("kinesis://?region=us-east-1&aws_access_key_id=AKIA").unwrap_err();
+    assert!(err.to_string().contains("default AWS chain"), "{err}");
+    assert!(!err.to_string().contains("AKIA"), "{err}");
+    let err = Config::from_toml_str("backend = \"kinesis\"\nsecret_access_key = \"x\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown"), "{err}");
+}

@@ -1,0 +1,180 @@
+#![doc = include_str!("../README.md")]
+
+mod admin;
+mod config;
+mod consumer;
+mod envelope;
+mod error;
+mod fanout;
+mod keys;
+mod kpl;
+mod polling;
+mod position;
+mod producer;
+mod shards;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
+use tributary_core::{
+    Admin, Backend, Capabilities, Consumer, ConsumerConfig, Error, Producer, ProducerConfig, Result,
+    async_trait,
+};
+
+pub use admin::KinesisAdmin;
+pub use config::{KINESIS_MAX_RECORD_BYTES, KinesisConfig, ReaderKind};
+pub use consumer::KinesisConsumer;
+pub use position::KinesisPosition;
+pub use producer::{KinesisProducer, ProducerStats};
+
+/// The Kinesis backend: a handle on one AWS account and region (or an emulator). Cheap
+/// to clone. Producers, consumers and admin handles are made on demand.
+#[derive(Clone, Debug)]
+pub struct KinesisBackend {
+    shared: Arc<Shared>,
+}
+
+/// What every producer, consumer and admin handle of one backend uses.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: KinesisConfig,
+    /// Standard retries and per-attempt timeouts: admin calls and GetRecords.
+    pub(crate) client: Client,
+    /// No SDK retries: producers retry failed entries themselves, with their own backoff.
+    pub(crate) producer_client: Client,
+    /// No attempt timeout: SubscribeToShard streams events for minutes.
+    pub(crate) streaming_client: Client,
+}
+
+impl KinesisBackend {
+    /// A backend with credentials (and the region, unless `config` names one) from the
+    /// default AWS chain.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for bad settings or when no region is configured anywhere.
+    /// Cancel safe.
+    pub async fn new(config: KinesisConfig) -> Result<Self> {
+        config.validate()?;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(profile) = &config.profile {
+            loader = loader.profile_name(profile);
+        }
+        let sdk = loader.load().await;
+        Self::with_sdk_config(config, &sdk)
+    }
+
+    /// A backend on an SDK config built by the application (its own credentials
+    /// provider, HTTP client or interceptors). `config.region` and `config.endpoint`,
+    /// when set, override the SDK config's.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for bad settings or when neither names a region.
+    pub fn with_sdk_config(config: KinesisConfig, sdk: &SdkConfig) -> Result<Self> {
+        config.validate()?;
+        if config.region.is_none() && sdk.region().is_none() {
+            return Err(Error::invalid_config(
+                "kinesis:// needs an AWS region: set region= in the URL or config, or AWS_REGION",
+            ));
+        }
+        let client = build_client(&config, sdk, true, true);
+        let producer_client = build_client(&config, sdk, false, true);
+        let streaming_client = build_client(&config, sdk, true, false);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                client,
+                producer_client,
+                streaming_client,
+            }),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &KinesisConfig {
+        &self.shared.config
+    }
+
+    /// A producer as its concrete type (for [`KinesisProducer::stats`]).
+    pub fn kinesis_producer(&self) -> KinesisProducer {
+        KinesisProducer::new(self.shared.clone())
+    }
+
+    /// An admin handle as its concrete type (for split and merge).
+    pub fn kinesis_admin(&self) -> KinesisAdmin {
+        KinesisAdmin::new(self.shared.clone())
+    }
+
+    /// The SDK client the backend uses, for calls Tributary does not wrap.
+    pub fn sdk_client(&self) -> &Client {
+        &self.shared.client
+    }
+}
+
+fn build_client(config: &KinesisConfig, sdk: &SdkConfig, retries: bool, attempt_timeout: bool) -> Client {
+    let mut builder = aws_sdk_kinesis::config::Builder::from(sdk);
+    if sdk.behavior_version().is_none() {
+        builder = builder.behavior_version(BehaviorVersion::latest());
+    }
+    if let Some(region) = &config.region {
+        builder = builder.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    builder = builder.retry_config(if retries {
+        RetryConfig::standard().with_max_attempts(3)
+    } else {
+        RetryConfig::disabled()
+    });
+    let mut timeouts = TimeoutConfig::builder().connect_timeout(Duration::from_secs(10));
+    if attempt_timeout {
+        timeouts = timeouts.operation_attempt_timeout(config.request_timeout);
+    }
+    builder = builder.timeout_config(timeouts.build());
+    Client::from_conf(builder.build())
+}
+
+#[async_trait]
+impl Backend for KinesisBackend {
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::none();
+        caps.headers = self.shared.config.headers_envelope;
+        caps.event_timestamps = self.shared.config.headers_envelope;
+        caps.seek_to_timestamp = true;
+        caps.dynamic_partitions = true;
+        caps.durable = true;
+        caps.max_record_bytes = Some(self.shared.config.max_record_bytes);
+        caps
+    }
+
+    async fn producer(&self, _config: ProducerConfig) -> Result<Box<dyn Producer>> {
+        Ok(Box::new(self.kinesis_producer()))
+    }
+
+    async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {
+        Ok(Box::new(KinesisConsumer::new(self.shared.clone(), config).await?))
+    }
+
+    async fn admin(&self) -> Result<Box<dyn Admin>> {
+        Ok(Box::new(self.kinesis_admin()))
+    }
+}
+
+/// Checks a stream name against Kinesis's rules (1 to 128 of `A-Z a-z 0-9 _ . -`) and
+/// Tributary's (not `.` or `..`).
+pub(crate) fn validate_stream_name(name: &str) -> Result<()> {
+    tributary_core::validate_stream_name(name)?;
+    if name.len() > 128 {
+        return Err(Error::invalid_input(format!(
+            "invalid stream name {name:?}: Kinesis stream names are at most 128 characters"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,550 @@
+//! Sending: records batched into PutRecords calls per shard, only failed entries
+//! retried, per-key order kept.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use bytes::Bytes;
+use tokio::time::Instant;
+use tributary_core::{
+    Delivery, Error, ErrorKind, PartitionId, Producer, Record, Result, SendError, async_trait,
+};
+
+use crate::Shared;
+use crate::error::{convert, kind_of_code, maybe_applied};
+use crate::shards::{ShardMap, list_shards};
+use crate::{envelope, keys, position};
+
+/// Kinesis's limits on one PutRecords call.
+const MAX_ENTRIES_PER_CALL: usize = 500;
+const MAX_BYTES_PER_CALL: usize = 5 * 1024 * 1024;
+
+/// Sends records with PutRecords.
+///
+/// A batch is split by shard and each shard's records go out in calls of up to 500
+/// records and 5 MiB, shards concurrently. Only the entries Kinesis refuses are sent
+/// again, after an exponential backoff with full jitter, until `delivery_timeout`.
+/// With `strict_key_order` (the default) a call never holds two records of one key, so
+/// a refused entry can never be overtaken by a later record of its key.
+#[derive(Clone, Debug)]
+pub struct KinesisProducer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    maps: Mutex<HashMap<String, (Instant, Arc<ShardMap>)>>,
+    closed: AtomicBool,
+    /// Sends hold it shared; flush takes it exclusively to wait for them.
+    gate: tokio::sync::RwLock<()>,
+    counters: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    entries: AtomicU64,
+    acknowledged: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// What a producer has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProducerStats {
+    /// PutRecords calls made.
+    pub put_records_calls: u64,
+    /// Entries sent, retries included.
+    pub entries_sent: u64,
+    /// Records Kinesis acknowledged.
+    pub records_acknowledged: u64,
+    /// Entries Kinesis refused (throttled or failed) and that were retried or given up.
+    pub entries_refused: u64,
+}
+
+/// One record ready to send.
+struct Entry {
+    index: usize,
+    partition_key: String,
+    explicit_hash_key: Option<String>,
+    data: Bytes,
+    size: usize,
+    /// The shard the map expects it in.
+    shard: Option<PartitionId>,
+}
+
+/// How one shard's records fared.
+struct ShardOutcome {
+    delivered: Vec<(usize, Delivery)>,
+    failure: Option<Error>,
+    /// Indexes of records in a call whose outcome is unknown.
+    maybe_persisted: HashSet<usize>,
+    /// A record landed in another shard than the map said: the map is out of date.
+    stale_map: bool,
+}
+
+enum Unready {
+    Invalid(Error),
+    UnknownShard(PartitionId),
+}
+
+impl KinesisProducer {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                maps: Mutex::default(),
+                closed: AtomicBool::new(false),
+                gate: tokio::sync::RwLock::new(()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Counters of calls and entries, for monitoring and benchmarks.
+    pub fn stats(&self) -> ProducerStats {
+        let c = &self.inner.counters;
+        ProducerStats {
+            put_records_calls: c.calls.load(Ordering::Relaxed),
+            entries_sent: c.entries.load(Ordering::Relaxed),
+            records_acknowledged: c.acknowledged.load(Ordering::Relaxed),
+            entries_refused: c.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn shard_map(&self, stream: &str, fresh: bool) -> Result<Arc<ShardMap>> {
+        let ttl = self.inner.shared.config.metadata_refresh;
+        if !fresh
+            && let Some((at, map)) = self.lock_maps().get(stream)
+            && at.elapsed() < ttl
+        {
+            return Ok(map.clone());
+        }
+        let map = Arc::new(ShardMap::new(
+            &list_shards(&self.inner.shared.client, stream).await?,
+        ));
+        self.lock_maps()
+            .insert(stream.to_string(), (Instant::now(), map.clone()));
+        Ok(map)
+    }
+
+    fn lock_maps(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<ShardMap>)>> {
+        self.inner
+            .maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn prepare(&self, index: usize, record: &Record, map: &ShardMap) -> Result<Entry, Unready> {
+        let config = &self.inner.shared.config;
+        let invalid = |why: String| Unready::Invalid(Error::invalid_input(format!("record {index}: {why}")));
+        let partition_key = keys::partition_key(record.key.as_ref()).map_err(invalid)?;
+        let data = if config.headers_envelope {
+            envelope::wrap(&record.value, &record.headers, record.timestamp).map_err(invalid)?
+        } else if !record.headers.is_empty() {
+            return Err(invalid(
+                "it has headers, which Kinesis records cannot hold: enable headers_envelope to keep \
+                 them inside the data (see the tributary-kinesis docs)"
+                    .into(),
+            ));
+        } else {
+            record.value.clone()
+        };
+        let size = partition_key.len() + data.len();
+        if size > config.max_record_bytes {
+            return Err(invalid(format!(
+                "{size} bytes (partition key + data{}) is above the limit of {} bytes",
+                if config.headers_envelope {
+                    " with the header envelope"
+                } else {
+                    ""
+                },
+                config.max_record_bytes
+            )));
+        }
+        let explicit = match &record.partition {
+            Some(p) => Some(map.start_of(p).ok_or_else(|| Unready::UnknownShard(p.clone()))?),
+            None => None,
+        };
+        let hash = explicit.unwrap_or_else(|| keys::hash_key(&partition_key));
+        Ok(Entry {
+            index,
+            shard: map.shard_for(hash).cloned(),
+            explicit_hash_key: explicit.map(|h| h.to_string()),
+            partition_key,
+            data,
+            size,
+        })
+    }
+
+    async fn prepare_all(&self, stream: &str, records: &[Record]) -> Result<Vec<Entry>> {
+        let mut map = self.shard_map(stream, false).await?;
+        let mut refreshed = false;
+        let mut entries = Vec::with_capacity(records.len());
+        let mut i = 0;
+        while let Some(record) = records.get(i) {
+            match self.prepare(i, record, &map) {
+                Ok(entry) => entries.push(entry),
+                Err(Unready::Invalid(e)) => return Err(e),
+                Err(Unready::UnknownShard(p)) if !refreshed => {
+                    // A reshard may have opened it since the map was made.
+                    map = self.shard_map(stream, true).await?;
+                    refreshed = true;
+                    entries.clear();
+                    i = 0;
+                    let _ = p;
+                    continue;
+                }
+                Err(Unready::UnknownShard(p)) => {
+                    return Err(Error::invalid_input(format!(
+                        "record {i}: {p} is not an open shard of {stream}"
+                    )));
+                }
+            }
+            i += 1;
+        }
+        Ok(entries)
+    }
+
+    /// Sends one shard's entries, in order, until all are acknowledged or it gives up.
+    async fn send_shard(&self, stream: &str, entries: Vec<Entry>, deadline: Instant) -> ShardOutcome {
+        let config = &self.inner.shared.config;
+        let counters = &self.inner.counters;
+        let mut pending: VecDeque<Entry> = entries.into();
+        let mut outcome = ShardOutcome {
+            delivered: Vec::new(),
+            failure: None,
+            maybe_persisted: HashSet::new(),
+            stale_map: false,
+        };
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            let chosen = choose(&pending, config.strict_key_order);
+            let request: Vec<PutRecordsRequestEntry> = chosen
+                .iter()
+                .filter_map(|&pos| pending.get(pos))
+                .filter_map(|e| {
+                    PutRecordsRequestEntry::builder()
+                        .data(Blob::new(e.data.to_vec()))
+                        .partition_key(&e.partition_key)
+                        .set_explicit_hash_key(e.explicit_hash_key.clone())
+                        .build()
+                        .ok()
+                })
+                .collect();
+            counters.calls.fetch_add(1, Ordering::Relaxed);
+            counters
+                .entries
+                .fetch_add(request.len() as u64, Ordering::Relaxed);
+            let sent = self
+                .inner
+                .shared
+                .producer_client
+                .put_records()
+                .stream_name(stream)
+                .set_records(Some(request))
+                .send()
+                .await;
+            let last_error = match sent {
+                Ok(out) if out.records().len() == chosen.len() => {
+                    let mut refused: Option<Error> = None;
+                    let mut acked = Vec::new();
+                    for (&pos, result) in chosen.iter().zip(out.records()) {
+                        let Some(entry) = pending.get(pos) else { continue };
+                        match (result.sequence_number(), result.shard_id()) {
+                            (Some(seq), Some(shard)) => {
+                                let offset = match position::offset_of(seq, 0) {
+                                    Ok(o) => o,
+                                    Err(e) => {
+                                        outcome.maybe_persisted.insert(entry.index);
+                                        outcome.failure = Some(e);
+                                        return outcome;
+                                    }
+                                };
+                                let partition = PartitionId::new(shard);
+                                if entry.shard.as_ref() != Some(&partition) {
+                                    outcome.stale_map = true;
+                                }
+                                outcome.delivered.push((
+                                    entry.index,
+                                    Delivery {
+                                        partition,
+                                        offset,
+                                        timestamp: None,
+                                    },
+                                ));
+                                acked.push(pos);
+                            }
+                            _ => {
+                                counters.refused.fetch_add(1, Ordering::Relaxed);
+                                let code = result.error_code().unwrap_or("UnknownError");
+                                let kind = kind_of_code(code);
+                                let error = Error::new(
+                                    kind,
+                                    format!(
+                                        "Kinesis refused a record of {stream}: {code}: {}",
+                                        result.error_message().unwrap_or("no message")
+                                    ),
+                                );
+                                if !kind.is_retryable() {
+                                    // Sending later records of the stream now could put them
+                                    // before this one: stop here and hand the rest back.
+                                    remove_positions(&mut pending, &acked);
+                                    counters
+                                        .acknowledged
+                                        .fetch_add(acked.len() as u64, Ordering::Relaxed);
+                                    outcome.failure = Some(error);
+                                    return outcome;
+                                }
+                                refused = Some(error);
+                            }
+                        }
+                    }
+                    counters
+                        .acknowledged
+                        .fetch_add(acked.len() as u64, Ordering::Relaxed);
+                    remove_positions(&mut pending, &acked);
+                    match refused {
+                        None => {
+                            attempt = 0;
+                            continue;
+                        }
+                        Some(error) => error,
+                    }
+                }
+                Ok(out) => {
+                    for &pos in &chosen {
+                        if let Some(e) = pending.get(pos) {
+                            outcome.maybe_persisted.insert(e.index);
+                        }
+                    }
+                    outcome.failure = Some(Error::new(
+                        ErrorKind::Backend,
+                        format!(
+                            "Kinesis answered {} entries for {} records sent to {stream}",
+                            out.records().len(),
+                            chosen.len()
+                        ),
+                    ));
+                    return outcome;
+                }
+                Err(e) => {
+                    if maybe_applied(&e) {
+                        for &pos in &chosen {
+                            if let Some(entry) = pending.get(pos) {
+                                outcome.maybe_persisted.insert(entry.index);
+                            }
+                        }
+                    }
+                    let error = convert(&format!("sending records to {stream}"), e);
+                    if !error.is_retryable() {
+                        outcome.failure = Some(error);
+                        return outcome;
+                    }
+                    error
+                }
+            };
+            attempt = attempt.saturating_add(1);
+            let pause = backoff(config.retry_base, config.retry_max, attempt);
+            let now = Instant::now();
+            if now + pause >= deadline {
+                outcome.failure = Some(Error::new(
+                    last_error.kind(),
+                    format!(
+                        "gave up after {:?} (delivery_timeout): {}",
+                        config.delivery_timeout,
+                        last_error.message()
+                    ),
+                ));
+                return outcome;
+            }
+            tracing::debug!(attempt, ?pause, "retrying refused Kinesis entries: {last_error}");
+            tokio::time::sleep(pause).await;
+        }
+        outcome
+    }
+}
+
+/// The positions in `pending` of the next call's entries.
+fn choose(pending: &VecDeque<Entry>, strict_key_order: bool) -> Vec<usize> {
+    let mut chosen = Vec::new();
+    let mut bytes = 0usize;
+    let mut keys: HashSet<&str> = HashSet::new();
+    for (pos, entry) in pending.iter().enumerate() {
+        if chosen.len() == MAX_ENTRIES_PER_CALL {
+            break;
+        }
+        // The first pending record of a key blocks the later ones, chosen or not.
+        if strict_key_order && !keys.insert(entry.partition_key.as_str()) {
+            continue;
+        }
+        if bytes + entry.size > MAX_BYTES_PER_CALL {
+            break;
+        }
+        bytes += entry.size;
+        chosen.push(pos);
+    }
+    chosen
+}
+
+fn remove_positions(pending: &mut VecDeque<Entry>, positions: &[usize]) {
+    let mut positions = positions.to_vec();
+    positions.sort_unstable();
+    for pos in positions.into_iter().rev() {
+        pending.remove(pos);
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay up to `base · 2^(attempt-1)`,
+/// capped at `max`.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .checked_mul(
+            1u32.checked_shl(attempt.saturating_sub(1).min(30))
+                .unwrap_or(u32::MAX),
+        )
+        .unwrap_or(max)
+        .min(max);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(..=nanos))
+}
+
+#[async_trait]
+impl Producer for KinesisProducer {
+    async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SendError::nothing_sent(Error::closed("producer"), records));
+        }
+        let _sending = self.inner.gate.read().await;
+        if let Err(e) = crate::validate_stream_name(stream) {
+            return Err(SendError::nothing_sent(e, records));
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entries = match self.prepare_all(stream, &records).await {
+            Ok(entries) => entries,
+            Err(e) => return Err(SendError::nothing_sent(e, records)),
+        };
+        let deadline = Instant::now() + self.inner.shared.config.delivery_timeout;
+        let mut by_shard: BTreeMap<Option<PartitionId>, Vec<Entry>> = BTreeMap::new();
+        for entry in entries {
+            by_shard.entry(entry.shard.clone()).or_default().push(entry);
+        }
+        let outcomes = futures::future::join_all(
+            by_shard
+                .into_values()
+                .map(|entries| self.send_shard(stream, entries, deadline)),
+        )
+        .await;
+        let mut delivered: Vec<(usize, Delivery)> = Vec::with_capacity(records.len());
+        let mut failure: Option<Error> = None;
+        let mut maybe_persisted = HashSet::new();
+        for outcome in outcomes {
+            delivered.extend(outcome.delivered);
+            maybe_persisted.extend(outcome.maybe_persisted);
+            if outcome.stale_map {
+                self.lock_maps().remove(stream);
+            }
+            if failure.is_none() {
+                failure = outcome.failure;
+            }
+        }
+        delivered.sort_by_key(|(i, _)| *i);
+        let Some(error) = failure else {
+            return Ok(delivered.into_iter().map(|(_, d)| d).collect());
+        };
+        let done: HashSet<usize> = delivered.iter().map(|(i, _)| *i).collect();
+        let unsent: Vec<Record> = records
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !done.contains(i))
+            .map(|(_, r)| r)
+            .collect();
+        let ambiguous = maybe_persisted.iter().any(|i| !done.contains(i));
+        let error = if ambiguous {
+            Error::new(
+                ErrorKind::Indeterminate,
+                format!(
+                    "some records may or may not have been written to {stream}: {}",
+                    error.message()
+                ),
+            )
+            .with_source(error)
+        } else {
+            error
+        };
+        Err(SendError {
+            error,
+            delivered,
+            unsent,
+        })
+    }
+
+    async fn flush(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer"));
+        }
+        drop(self.inner.gate.write().await);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        drop(self.inner.gate.write().await);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: usize, key: &str, size: usize) -> Entry {
+        Entry {
+            index,
+            partition_key: key.into(),
+            explicit_hash_key: None,
+            data: Bytes::new(),
+            size,
+            shard: None,
+        }
+    }
+
+    #[test]
+    fn a_call_takes_the_first_pending_record_of_each_key() {
+        let pending: VecDeque<Entry> = [("a", 1), ("a", 1), ("b", 1), ("c", 1), ("b", 1)]
+            .iter()
+            .enumerate()
+            .map(|(i, (k, s))| entry(i, k, *s))
+            .collect();
+        assert_eq!(choose(&pending, true), vec![0, 2, 3]);
+        assert_eq!(choose(&pending, false), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_call_stays_within_kinesis_limits() {
+        let many: VecDeque<Entry> = (0..1200).map(|i| entry(i, &format!("k{i}"), 10)).collect();
+        assert_eq!(choose(&many, true).len(), MAX_ENTRIES_PER_CALL);
+        let big: VecDeque<Entry> = (0..10).map(|i| entry(i, &format!("k{i}"), 1024 * 1024)).collect();
+        assert_eq!(choose(&big, true).len(), 5);
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for attempt in 1..40 {
+            let pause = backoff(base, max, attempt);
+            let ceiling = (base * 2u32.pow(attempt.min(10) - 1)).min(max);
+            assert!(pause <= ceiling, "attempt {attempt}: {pause:?} > {ceiling:?}");
+        }
+        let pauses: HashSet<Duration> = (0..20).map(|_| backoff(base, max, 5)).collect();
+        assert!(pauses.len() > 10, "jitter spreads the delays");
+    }
+}

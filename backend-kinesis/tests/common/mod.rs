@@ -1,0 +1,100 @@
+//! What the Kinesis tests share: a backend on the emulator named by
+//! TRIBUTARY_TEST_KINESIS, with the emulator's dummy credentials.
+
+#![allow(dead_code, reason = "each test file uses a different part")]
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kinesis::config::{Credentials, SharedCredentialsProvider, SharedHttpClient};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tributary_conformance::{Harness, Timing};
+use tributary_core::{Backend, Result, async_trait};
+use tributary_kinesis::{KinesisBackend, KinesisConfig, ReaderKind};
+
+/// The emulator's endpoint; `None` (a skip) outside CI when unset.
+pub fn endpoint() -> Option<String> {
+    tributary_conformance::server_from_env(
+        "TRIBUTARY_TEST_KINESIS",
+        "start kinesis-local with scripts/kinesis start",
+    )
+}
+
+/// An SDK config with fixed test credentials, optionally on a scripted HTTP client.
+pub fn sdk_config(http: Option<SharedHttpClient>) -> SdkConfig {
+    let credentials = Credentials::new("test", "test", None, None, "tributary-tests");
+    let mut builder = SdkConfig::builder()
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .behavior_version(BehaviorVersion::latest());
+    if let Some(http) = http {
+        builder = builder.http_client(http);
+    }
+    builder.build()
+}
+
+/// Settings for the emulator: quick shard discovery, bounded waits.
+pub fn local_config(endpoint: &str) -> KinesisConfig {
+    let mut config = KinesisConfig::local("us-east-1", endpoint);
+    config.shard_refresh = std::time::Duration::from_secs(1);
+    config.operation_timeout = std::time::Duration::from_secs(60);
+    config.delivery_timeout = std::time::Duration::from_secs(60);
+    config
+}
+
+/// A backend on the emulator.
+pub fn backend(config: KinesisConfig) -> Result<KinesisBackend> {
+    KinesisBackend::with_sdk_config(config, &sdk_config(None))
+}
+
+/// The conformance harness: every scenario on the emulator, with one kind of reader.
+pub struct KinesisHarness {
+    /// The emulator, when one is named.
+    pub endpoint: Option<String>,
+    /// Polling or enhanced fan-out.
+    pub reader: ReaderKind,
+}
+
+impl KinesisHarness {
+    /// A harness on TRIBUTARY_TEST_KINESIS.
+    pub fn new(reader: ReaderKind) -> Self {
+        Self {
+            endpoint: std::env::var("TRIBUTARY_TEST_KINESIS")
+                .ok()
+                .filter(|e| !e.is_empty()),
+            reader,
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for KinesisHarness {
+    fn unavailable(&self) -> Option<String> {
+        match self.endpoint {
+            Some(_) => None,
+            None => Some(
+                "TRIBUTARY_TEST_KINESIS is not set (start kinesis-local with scripts/kinesis start)".into(),
+            ),
+        }
+    }
+
+    async fn connect(&self) -> Result<Arc<dyn Backend>> {
+        let mut config = local_config(self.endpoint.as_deref().unwrap_or_default());
+        config.reader = self.reader;
+        Ok(Arc::new(backend(config)?))
+    }
+
+    async fn reopen(&self, backend: Arc<dyn Backend>) -> Result<Option<Arc<dyn Backend>>> {
+        drop(backend);
+        self.connect().await.map(Some)
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            settle: Duration::from_secs(60),
+            quiet: Duration::from_secs(1),
+            poll: Duration::from_millis(100),
+            failover: Duration::from_secs(10),
+        }
+    }
+}
