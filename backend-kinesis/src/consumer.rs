@@ -116,6 +116,10 @@ pub(crate) struct ReaderContext {
     pub(crate) floor: Option<Floor>,
     pub(crate) events: mpsc::Sender<Event>,
     view: Arc<Mutex<View>>,
+    /// For a start at a time: records stamped earlier are skipped until the first one
+    /// at or after it. Kinesis finds the place by arrival time; with the envelope a
+    /// record's time is its event time, which may be earlier.
+    time_gate: Option<Timestamp>,
 }
 
 /// A bound below which records are skipped.
@@ -193,6 +197,13 @@ impl ReaderContext {
                 } else {
                     (data, Headers::new(), None)
                 };
+                let timestamp = event_time.or(arrival);
+                if let Some(gate) = self.time_gate {
+                    if timestamp.is_some_and(|t| t < gate) {
+                        continue;
+                    }
+                    self.time_gate = None;
+                }
                 self.floor = Some(Floor {
                     offset: offset.clone(),
                     inclusive: false,
@@ -204,7 +215,7 @@ impl ReaderContext {
                     key: keys::record_key(&partition_key),
                     value,
                     headers,
-                    timestamp: event_time.or(arrival),
+                    timestamp,
                 });
             }
         }
@@ -391,6 +402,11 @@ impl Coordinator {
             floor: state.floor.clone(),
             events: self.events.clone(),
             view: self.view.clone(),
+            time_gate: match state.start {
+                // A time still to come starts at the end, with nothing to skip.
+                Start::Timestamp(t) if state.floor.is_none() && t <= Timestamp::now() => Some(t),
+                _ => None,
+            },
         };
         let (shard, epoch) = (id.clone(), state.epoch);
         let handle = match &self.fan_out_arn {

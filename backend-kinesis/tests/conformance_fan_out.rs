@@ -1,10 +1,12 @@
 //! The whole conformance suite against kinesis-local with enhanced fan-out readers
-//! (RegisterStreamConsumer and SubscribeToShard): the emulator named by TRIBUTARY_TEST_KINESIS (`scripts/kinesis start` prints it). Every
-//! scenario makes its own streams. Without the variable the scenarios are skipped,
-//! except under CI=true, where that fails the run.
+//! (RegisterStreamConsumer and SubscribeToShard) and the header envelope on, so the
+//! header and event-time scenarios run too: the emulator named by
+//! TRIBUTARY_TEST_KINESIS (`scripts/kinesis start` prints it). Every scenario makes its
+//! own streams. Without the variable the scenarios are skipped, except under CI=true,
+//! where that fails the run.
 
 mod common;
 
 use tributary_kinesis::ReaderKind;
 
-tributary_conformance::suite!(common::KinesisHarness::new(ReaderKind::FanOut));
+tributary_conformance::suite!(common::KinesisHarness::new(ReaderKind::FanOut, true));

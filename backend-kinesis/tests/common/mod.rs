@@ -53,16 +53,19 @@ pub struct KinesisHarness {
     pub endpoint: Option<String>,
     /// Polling or enhanced fan-out.
     pub reader: ReaderKind,
+    /// Headers and event times in the envelope.
+    pub headers_envelope: bool,
 }
 
 impl KinesisHarness {
     /// A harness on TRIBUTARY_TEST_KINESIS.
-    pub fn new(reader: ReaderKind) -> Self {
+    pub fn new(reader: ReaderKind, headers_envelope: bool) -> Self {
         Self {
             endpoint: std::env::var("TRIBUTARY_TEST_KINESIS")
                 .ok()
                 .filter(|e| !e.is_empty()),
             reader,
+            headers_envelope,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Harness for KinesisHarness {
     async fn connect(&self) -> Result<Arc<dyn Backend>> {
         let mut config = local_config(self.endpoint.as_deref().unwrap_or_default());
         config.reader = self.reader;
+        config.headers_envelope = self.headers_envelope;
         Ok(Arc::new(backend(config)?))
     }
 
