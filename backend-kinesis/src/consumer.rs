@@ -116,6 +116,9 @@ pub(crate) struct ReaderContext {
     pub(crate) floor: Option<Floor>,
     pub(crate) events: mpsc::Sender<Event>,
     view: Arc<Mutex<View>>,
+    /// Told once the reader holds its first position, so that a consumer made to
+    /// start at the end misses nothing written after it was made.
+    positioned: Option<oneshot::Sender<()>>,
     /// For a start at a time: records stamped earlier are skipped until the first one
     /// at or after it. Kinesis finds the place by arrival time; with the envelope a
     /// record's time is its event time, which may be earlier.
@@ -244,6 +247,13 @@ impl ReaderContext {
         }
     }
 
+    /// Says the reader has its first position (an iterator or a subscription).
+    pub(crate) fn positioned(&mut self) {
+        if let Some(tell) = self.positioned.take() {
+            let _ = tell.send(());
+        }
+    }
+
     /// Hands records to the consumer; false when it is gone.
     pub(crate) async fn deliver(&self, records: Vec<Received>) -> bool {
         if records.is_empty() {
@@ -296,6 +306,8 @@ enum Status {
     Waiting,
     Reading(AbortHandle),
     Ended,
+    /// Its reader failed before the end: its children keep waiting (a seek restarts it).
+    Failed,
 }
 
 /// Owns the shard readers: starts them in lineage order, restarts them on seek.
@@ -308,6 +320,8 @@ struct Coordinator {
     events: mpsc::Sender<Event>,
     view: Arc<Mutex<View>>,
     fan_out_arn: Option<Arc<str>>,
+    /// While the consumer is being made: receivers of its first readers' positions.
+    positioning: Option<Vec<oneshot::Receiver<()>>>,
 }
 
 impl Coordinator {
@@ -382,18 +396,28 @@ impl Coordinator {
             .map(|(id, _)| id.clone())
             .collect();
         for id in ready {
-            self.spawn_reader(&id);
+            self.spawn_reader(&id, None);
         }
     }
 
-    fn spawn_reader(&mut self, id: &PartitionId) {
+    /// Starts (or restarts) a shard's reader; `positioned` is told once it holds its
+    /// first position.
+    fn spawn_reader(&mut self, id: &PartitionId, positioned: Option<oneshot::Sender<()>>) {
         let Some(state) = self.shards.get_mut(id) else {
             return;
         };
         if let Status::Reading(handle) = &state.status {
             handle.abort();
         }
+        let positioned = positioned.or_else(|| {
+            self.positioning.as_mut().map(|waiting| {
+                let (tell, told) = oneshot::channel();
+                waiting.push(told);
+                tell
+            })
+        });
         let context = ReaderContext {
+            positioned,
             shared: self.shared.clone(),
             stream: self.stream.clone(),
             shard: id.clone(),
@@ -432,7 +456,15 @@ impl Coordinator {
         Ok(())
     }
 
-    fn seek(&mut self, shard: PartitionId, to: &StartFrom, epoch: u64) -> Result<()> {
+    /// Moves a shard; `done` is told once its reader holds the new position (at once
+    /// for a shard still waiting for its parents).
+    fn seek(
+        &mut self,
+        shard: PartitionId,
+        to: &StartFrom,
+        epoch: u64,
+        done: oneshot::Sender<()>,
+    ) -> Result<()> {
         let (start, floor) = Self::placement(to, true)?;
         let Some(state) = self.shards.get_mut(&shard) else {
             return Ok(());
@@ -441,8 +473,8 @@ impl Coordinator {
         state.floor = floor;
         state.epoch = epoch;
         match state.status {
-            Status::Waiting => {}
-            Status::Reading(_) | Status::Ended => self.spawn_reader(&shard),
+            Status::Waiting => drop(done),
+            Status::Reading(_) | Status::Ended | Status::Failed => self.spawn_reader(&shard, Some(done)),
         }
         Ok(())
     }
@@ -456,10 +488,11 @@ impl Coordinator {
             tokio::select! {
                 message = control.recv() => match message {
                     Some(Control::Seek { shard, to, epoch, done }) => {
-                        if let Err(e) = self.seek(shard, &to, epoch) {
+                        // `done` goes to the new reader, or is dropped: either ends the
+                        // consumer's wait.
+                        if let Err(e) = self.seek(shard, &to, epoch, done) {
                             let _ = self.events.send(Event::Failed(e)).await;
                         }
-                        let _ = done.send(());
                     }
                     None => return,
                 },
@@ -489,7 +522,7 @@ impl Coordinator {
                         }
                         ReaderExit::Failed(e) => {
                             if let Some(state) = self.shards.get_mut(&shard) {
-                                state.status = Status::Ended;
+                                state.status = Status::Failed;
                             }
                             if self.events.send(Event::Failed(e)).await.is_err() {
                                 return;
@@ -540,12 +573,27 @@ impl KinesisConsumer {
             events: events_tx,
             view: view.clone(),
             fan_out_arn: fan_out.as_ref().map(|r| r.consumer_arn.clone()),
+            positioning: Some(Vec::new()),
         };
         for shard in listed {
             let closed = !shard.is_open();
             coordinator.add_shard(shard.id, shard.parents, closed, true)?;
         }
+        // The first readers start here, and the consumer is returned once each holds
+        // its position: a start at LATEST then means "after this call".
+        coordinator.start_ready();
+        let positioning = coordinator.positioning.take().unwrap_or_default();
         let task = tokio::spawn(coordinator.run(control_rx));
+        let all_positioned = futures::future::join_all(positioning);
+        if tokio::time::timeout(shared.config.operation_timeout, all_positioned)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the readers of {stream} took longer than {:?} to start",
+                shared.config.operation_timeout
+            );
+        }
         Ok(Self {
             stream,
             events,
@@ -684,7 +732,9 @@ impl Consumer for KinesisConsumer {
                     format!("the readers of {} stopped", self.stream),
                 )
             })?;
-        let _ = finished.await;
+        // Returns once the shard's reader holds the new position (bounded, so a
+        // server that is down cannot hold the call forever; the reader keeps trying).
+        let _ = tokio::time::timeout(self.shared.config.operation_timeout, finished).await;
         Ok(())
     }
 

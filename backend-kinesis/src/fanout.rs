@@ -187,6 +187,7 @@ pub(crate) async fn read_shard(mut cx: ReaderContext, consumer_arn: Arc<str>) ->
         let mut events = match subscribed {
             Ok(out) => {
                 cx.pin_latest(&start, taken_at);
+                cx.positioned();
                 out.event_stream
             }
             Err((true, _)) => {

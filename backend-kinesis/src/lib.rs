@@ -106,6 +106,14 @@ impl KinesisBackend {
         KinesisProducer::new(self.shared.clone())
     }
 
+    /// A consumer as its concrete type (for [`KinesisConsumer::lag`]).
+    ///
+    /// # Errors
+    /// As [`Backend::consumer`]. Cancel safe.
+    pub async fn kinesis_consumer(&self, config: ConsumerConfig) -> Result<KinesisConsumer> {
+        KinesisConsumer::new(self.shared.clone(), config).await
+    }
+
     /// An admin handle as its concrete type (for split and merge).
     pub fn kinesis_admin(&self) -> KinesisAdmin {
         KinesisAdmin::new(self.shared.clone())
@@ -159,7 +167,7 @@ impl Backend for KinesisBackend {
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {
-        Ok(Box::new(KinesisConsumer::new(self.shared.clone(), config).await?))
+        Ok(Box::new(self.kinesis_consumer(config).await?))
     }
 
     async fn admin(&self) -> Result<Box<dyn Admin>> {

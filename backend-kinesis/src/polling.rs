@@ -21,6 +21,7 @@ pub(crate) async fn read_shard(mut cx: ReaderContext) -> ReaderExit {
             Some(it) => it,
             None => match shard_iterator(&mut cx).await {
                 Ok(it) => {
+                    cx.positioned();
                     failures = 0;
                     it
                 }

@@ -253,6 +253,9 @@ impl KinesisProducer {
             let last_error = match sent {
                 Ok(out) if out.records().len() == chosen.len() => {
                     let mut refused: Option<Error> = None;
+                    // A failure retrying cannot mend. The rest of the answer is still
+                    // read, so records Kinesis accepted are never handed back as unsent.
+                    let mut fatal: Option<Error> = None;
                     let mut acked = Vec::new();
                     for (&pos, result) in chosen.iter().zip(out.records()) {
                         let Some(entry) = pending.get(pos) else { continue };
@@ -262,8 +265,8 @@ impl KinesisProducer {
                                     Ok(o) => o,
                                     Err(e) => {
                                         outcome.maybe_persisted.insert(entry.index);
-                                        outcome.failure = Some(e);
-                                        return outcome;
+                                        fatal.get_or_insert(e);
+                                        continue;
                                     }
                                 };
                                 let partition = PartitionId::new(shard);
@@ -291,17 +294,11 @@ impl KinesisProducer {
                                         result.error_message().unwrap_or("no message")
                                     ),
                                 );
-                                if !kind.is_retryable() {
-                                    // Sending later records of the stream now could put them
-                                    // before this one: stop here and hand the rest back.
-                                    remove_positions(&mut pending, &acked);
-                                    counters
-                                        .acknowledged
-                                        .fetch_add(acked.len() as u64, Ordering::Relaxed);
-                                    outcome.failure = Some(error);
-                                    return outcome;
+                                if kind.is_retryable() {
+                                    refused = Some(error);
+                                } else {
+                                    fatal.get_or_insert(error);
                                 }
-                                refused = Some(error);
                             }
                         }
                     }
@@ -309,6 +306,12 @@ impl KinesisProducer {
                         .acknowledged
                         .fetch_add(acked.len() as u64, Ordering::Relaxed);
                     remove_positions(&mut pending, &acked);
+                    // Sending more of this shard now could put later records of a key
+                    // before the failed one: stop and hand the rest back.
+                    if let Some(error) = fatal {
+                        outcome.failure = Some(error);
+                        return outcome;
+                    }
                     match refused {
                         None => {
                             attempt = 0;

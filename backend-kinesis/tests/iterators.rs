@@ -18,7 +18,6 @@ use aws_smithy_runtime_api::client::http::{
 use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::byte_stream::ByteStream;
 use serde_json::Value;
@@ -64,17 +63,6 @@ impl HttpClient for Expiring {
     }
 }
 
-fn expired() -> HttpResponse {
-    let mut response = HttpResponse::new(
-        StatusCode::try_from(400).expect("status"),
-        SdkBody::from(r#"{"__type":"ExpiredIteratorException","message":"Iterator expired (scripted)"}"#),
-    );
-    response
-        .headers_mut()
-        .insert("content-type", "application/x-amz-json-1.1");
-    response
-}
-
 impl HttpConnector for ExpiringConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         let target = request
@@ -101,7 +89,10 @@ impl HttpConnector for ExpiringConnector {
                 .is_some_and(|n| state.get_records.len().is_multiple_of(n));
             if too_old || nth {
                 state.injected += 1;
-                return HttpConnectorFuture::ready(Ok(expired()));
+                return HttpConnectorFuture::ready(Ok(common::json_response(
+                    400,
+                    serde_json::json!({"__type": "ExpiredIteratorException", "message": "Iterator expired (scripted)"}),
+                )));
             }
         }
         let inner = self.inner.clone();

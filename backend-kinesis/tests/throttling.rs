@@ -17,8 +17,6 @@ use aws_smithy_runtime_api::client::http::{
 };
 use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_runtime_api::http::StatusCode;
-use aws_smithy_types::body::SdkBody;
 use serde_json::{Value, json};
 use tributary_core::{Producer, Record};
 use tributary_kinesis::{KinesisBackend, KinesisConfig};
@@ -47,6 +45,8 @@ struct Server {
     calls: Vec<Call>,
     whole_calls_refused: usize,
     next_sequence: u128,
+    /// Values refused for good (a KMS error), not throttled.
+    poisoned: HashSet<String>,
 }
 
 /// A Kinesis that answers ListShards and PutRecords by script.
@@ -58,17 +58,6 @@ struct ScriptedKinesis {
 fn shard_of(hash: u128) -> usize {
     let width = u128::MAX / SHARDS + 1;
     usize::try_from(hash / width).unwrap_or(0)
-}
-
-fn respond(status: u16, body: Value) -> HttpResponse {
-    let mut response = HttpResponse::new(
-        StatusCode::try_from(status).expect("a valid status"),
-        SdkBody::from(body.to_string()),
-    );
-    response
-        .headers_mut()
-        .insert("content-type", "application/x-amz-json-1.1");
-    response
 }
 
 impl ScriptedKinesis {
@@ -100,7 +89,7 @@ impl ScriptedKinesis {
                 shards: HashSet::new(),
                 refused: 0,
             });
-            return respond(
+            return common::json_response(
                 400,
                 json!({"__type": "ProvisionedThroughputExceededException", "message": "Rate exceeded for stream"}),
             );
@@ -141,7 +130,12 @@ impl ScriptedKinesis {
             let shard = shard_of(hash);
             shards.insert(shard);
             *server.sent.entry(value.clone()).or_default() += 1;
-            if fastrand::f64() < refuse_share {
+            if server.poisoned.contains(&value) {
+                refused += 1;
+                results.push(
+                    json!({"ErrorCode": "KMSDisabledException", "ErrorMessage": "scripted key disabled"}),
+                );
+            } else if fastrand::f64() < refuse_share {
                 refused += 1;
                 *server.refused.entry(value).or_default() += 1;
                 let code = if fastrand::u8(..10) == 0 {
@@ -163,7 +157,7 @@ impl ScriptedKinesis {
             shards,
             refused,
         });
-        respond(200, json!({"FailedRecordCount": refused, "Records": results}))
+        common::json_response(200, json!({"FailedRecordCount": refused, "Records": results}))
     }
 }
 
@@ -185,9 +179,9 @@ impl HttpConnector for ScriptedKinesis {
             .and_then(|b| serde_json::from_slice(b).ok())
             .unwrap_or(Value::Null);
         let response = match target.rsplit('.').next() {
-            Some("ListShards") => respond(200, Self::list_shards()),
+            Some("ListShards") => common::json_response(200, Self::list_shards()),
             Some("PutRecords") => self.put_records(&body),
-            other => respond(
+            other => common::json_response(
                 400,
                 json!({"__type": "UnknownOperationException", "message": format!("{other:?}")}),
             ),
@@ -318,5 +312,55 @@ async fn throttling_storm_loses_nothing_resends_only_refused_entries_and_keeps_k
             .iter()
             .all(|g| *g < Duration::from_millis(40) + Duration::from_millis(200)),
         "no delay beyond retry_max (plus scheduling)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_for_good_hands_back_only_what_was_not_written() {
+    let scripted = ScriptedKinesis::default();
+    {
+        let mut server = scripted.server.lock().expect("server lock");
+        server.poisoned.insert("b0-poisoned".into());
+    }
+    let backend = KinesisBackend::with_sdk_config(
+        KinesisConfig::local("us-east-1", "http://kinesis.scripted.invalid"),
+        &common::sdk_config(Some(SharedHttpClient::new(scripted.clone()))),
+    )
+    .expect("backend");
+    // One key per record, all to one shard: they go out in one call.
+    let mut keys = (0..)
+        .map(|i| format!("key{i}"))
+        .filter(|k| shard_of(u128::from_be_bytes(md5_digest(k))) == 0);
+    let mut records = vec![Record::new("b0-poisoned").with_key(keys.next().expect("a key"))];
+    records.extend((0..5).map(|i| Record::new(format!("b0-fine-{i}")).with_key(keys.next().expect("a key"))));
+    let attempt = |records| {
+        let producer = backend.kinesis_producer();
+        async move { producer.send("kms", records).await }
+    };
+    // The scripted server also throttles a quarter of the fine records at random;
+    // whatever it wrote is delivered, whatever it did not is handed back, the poisoned
+    // one always. (Stopping at the poisoned first entry without reading the rest of the
+    // answer hands back written records unless all five were throttled: p ≈ 0.001.)
+    let err = attempt(records).await.expect_err("the poisoned record fails");
+    assert!(err.error.message().contains("KMSDisabledException"), "{err}");
+    let server = scripted.server.lock().expect("server lock");
+    let written: HashSet<&String> = server.shards.values().flatten().collect();
+    let unsent: Vec<String> = err
+        .unsent
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert!(unsent.contains(&"b0-poisoned".to_string()));
+    for value in &unsent {
+        assert!(
+            !written.contains(value),
+            "{value} was written but handed back as unsent"
+        );
+    }
+    assert_eq!(err.delivered.len() + unsent.len(), 6);
+    assert_eq!(
+        err.delivered.len(),
+        written.len(),
+        "every written record is delivered"
     );
 }

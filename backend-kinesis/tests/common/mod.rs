@@ -102,3 +102,18 @@ impl Harness for KinesisHarness {
         }
     }
 }
+
+/// A Kinesis-style JSON answer, for scripted HTTP layers under the SDK.
+pub fn json_response(
+    status: u16,
+    body: serde_json::Value,
+) -> aws_smithy_runtime_api::client::orchestrator::HttpResponse {
+    let mut response = aws_smithy_runtime_api::client::orchestrator::HttpResponse::new(
+        aws_smithy_runtime_api::http::StatusCode::try_from(status).expect("a valid status"),
+        aws_smithy_types::body::SdkBody::from(body.to_string()),
+    );
+    response
+        .headers_mut()
+        .insert("content-type", "application/x-amz-json-1.1");
+    response
+}
