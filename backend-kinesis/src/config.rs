@@ -21,6 +21,20 @@ pub enum ReaderKind {
     FanOut,
 }
 
+/// Where a consumer group keeps its leases and checkpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseStoreKind {
+    /// A DynamoDB table per stream and group (created on first use), shared by every
+    /// worker of the group wherever it runs.
+    #[default]
+    Dynamodb,
+    /// In this process only: the members of every backend of the process (on the same
+    /// endpoint and region) share it; nothing survives the process. For single-process
+    /// applications and tests.
+    Memory,
+}
+
 /// Settings of the Kinesis backend. Credentials are never part of it: they come from
 /// the default AWS chain (environment, profile files, SSO, web identity, container and
 /// instance metadata), so a URL or a config file cannot leak them.
@@ -94,6 +108,19 @@ pub struct KinesisConfig {
     /// How long admin calls wait for a stream to become ACTIVE or disappear.
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
+    /// Where consumer groups keep leases and checkpoints.
+    pub leases: LeaseStoreKind,
+    /// The DynamoDB endpoint for lease tables, when not AWS's for the region (a local
+    /// DynamoDB-compatible server such as `http://127.0.0.1:4569`).
+    pub dynamodb_endpoint: Option<String>,
+    /// The lease table's name. Unset: `tributary-<stream>-<group>-<hash>`, one table
+    /// per stream and group. Never share one table between streams or groups.
+    pub lease_table: Option<String>,
+    /// How long a group member's lease lasts without renewal: a member that stops
+    /// renewing (a crash, a network partition) loses its shards to the others after
+    /// this long. Leases are renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub failover: Duration,
 }
 
 impl Default for KinesisConfig {
@@ -117,6 +144,10 @@ impl Default for KinesisConfig {
             retry_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             operation_timeout: Duration::from_secs(300),
+            leases: LeaseStoreKind::default(),
+            dynamodb_endpoint: None,
+            lease_table: None,
+            failover: Duration::from_secs(10),
         }
     }
 }
@@ -198,6 +229,21 @@ impl KinesisConfig {
                 return bad(format!("endpoint {endpoint:?} is not an http:// or https:// URL"));
             }
         }
+        if let Some(endpoint) = &self.dynamodb_endpoint {
+            let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+            if !scheme_ok || endpoint.len() <= "https://".len() {
+                return bad(format!(
+                    "dynamodb_endpoint {endpoint:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if let Some(name) = &self.lease_table
+            && !valid_table_name(name)
+        {
+            return bad(format!(
+                "lease_table {name:?} must be 3 to 255 characters of A-Z a-z 0-9 _ . -"
+            ));
+        }
         if let Some(name) = &self.fan_out_consumer {
             let ok = (1..=128).contains(&name.len())
                 && name
@@ -271,6 +317,12 @@ impl KinesisConfig {
                 Duration::from_secs(600),
             ),
             (
+                "failover",
+                self.failover,
+                Duration::from_millis(300),
+                Duration::from_secs(3600),
+            ),
+            (
                 "operation_timeout",
                 self.operation_timeout,
                 Duration::from_millis(100),
@@ -290,6 +342,14 @@ impl KinesisConfig {
         }
         Ok(())
     }
+}
+
+/// DynamoDB's rule for table names.
+pub(crate) fn valid_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 #[cfg(test)]
@@ -329,6 +389,10 @@ mod tests {
             ("kinesis://?fan_out_consumer=a%20b", "fan_out_consumer"),
             ("kinesis://?resubscribe_after=6m", "resubscribe_after"),
             ("kinesis://?nonsense=1", "nonsense"),
+            ("kinesis://?failover=100ms", "failover"),
+            ("kinesis://?leases=redis", "leases"),
+            ("kinesis://?lease_table=a%2Fb", "lease_table"),
+            ("kinesis://?dynamodb_endpoint=localhost", "dynamodb_endpoint"),
             ("kinesis://us-east-1", "no target"),
             ("kafka://h:1", "kinesis://"),
         ] {
@@ -343,6 +407,8 @@ mod tests {
         let config = KinesisConfig {
             reader: ReaderKind::FanOut,
             fan_out_consumer: Some("app-1".into()),
+            leases: LeaseStoreKind::Memory,
+            failover: Duration::from_secs(3),
             ..KinesisConfig::local("us-east-1", "http://127.0.0.1:4568")
         };
         let text = toml::to_string(&config).expect("serializes");

@@ -11,12 +11,14 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tributary_core::{
-    Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Headers, Offset, PartitionId, Received, Result,
-    StartFrom, Timestamp, async_trait,
+    AckTracker, Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Headers, Offset, PartitionId,
+    Received, Result, StartFrom, Timestamp, async_trait,
 };
 
-use crate::config::ReaderKind;
+use crate::config::{LeaseStoreKind, ReaderKind};
+use crate::keeper::{Keeper, KeeperHandle};
 use crate::kpl::{self, Deaggregated};
+use crate::leases::{Checkpoint, LeaseStore};
 use crate::position::{KinesisPosition, offset_of};
 use crate::shards::list_shards;
 use crate::{Shared, envelope, fanout, keys, polling};
@@ -42,7 +44,20 @@ pub struct KinesisConsumer {
     coordinator: AbortHandle,
     fan_out: Option<fanout::Registration>,
     shared: Arc<Shared>,
+    /// A group member's leases and acknowledgements.
+    group: Option<Membership>,
     closed: bool,
+}
+
+/// What a group member keeps besides its readers.
+struct Membership {
+    keeper: KeeperHandle,
+    acks: AckTracker,
+    /// The shards it reads (it holds their leases), with whether each was read to its
+    /// end.
+    reading: BTreeMap<PartitionId, bool>,
+    /// Where a shard the group never read starts.
+    start: StartFrom,
 }
 
 impl std::fmt::Debug for KinesisConsumer {
@@ -62,6 +77,12 @@ pub(crate) enum Event {
         epoch: u64,
         records: Vec<Received>,
     },
+    /// A group member's shard was read to its end (broadcast readers go on to the
+    /// children themselves).
+    Ended {
+        shard: PartitionId,
+        epoch: u64,
+    },
     Failed(Error),
 }
 
@@ -73,6 +94,15 @@ enum Control {
         epoch: u64,
         done: oneshot::Sender<()>,
     },
+    /// A group member got the lease of a shard: read it from there.
+    Assign {
+        shard: PartitionId,
+        start: Start,
+        floor: Option<Floor>,
+        epoch: u64,
+    },
+    /// A group member no longer holds the lease of a shard: stop reading it.
+    Revoke { shard: PartitionId },
 }
 
 /// What the consumer can see of the coordinator's state.
@@ -322,6 +352,8 @@ struct Coordinator {
     fan_out_arn: Option<Arc<str>>,
     /// While the consumer is being made: receivers of its first readers' positions.
     positioning: Option<Vec<oneshot::Receiver<()>>>,
+    /// A group member reads the shards it is assigned, not the whole lineage.
+    group: bool,
 }
 
 impl Coordinator {
@@ -446,6 +478,45 @@ impl Coordinator {
         state.status = Status::Reading(handle);
     }
 
+    /// Reads a shard this group member now leases, from where the group stands.
+    fn assign(&mut self, id: PartitionId, start: Start, floor: Option<Floor>, epoch: u64) {
+        if let Some(ShardState {
+            status: Status::Reading(handle),
+            ..
+        }) = self.shards.get(&id)
+        {
+            handle.abort();
+        }
+        self.shards.insert(
+            id.clone(),
+            ShardState {
+                parents: Vec::new(),
+                status: Status::Waiting,
+                start,
+                floor,
+                epoch,
+            },
+        );
+        if let Ok(mut view) = self.view.lock() {
+            view.known.insert(id.clone());
+        }
+        self.spawn_reader(&id, None);
+    }
+
+    fn revoke(&mut self, id: &PartitionId) {
+        if let Some(ShardState {
+            status: Status::Reading(handle),
+            ..
+        }) = self.shards.remove(id)
+        {
+            handle.abort();
+        }
+        if let Ok(mut view) = self.view.lock() {
+            view.known.remove(id);
+            view.lag.remove(id);
+        }
+    }
+
     async fn refresh(&mut self) -> Result<()> {
         let listed = list_shards(&self.shared.client, &self.stream).await?;
         for shard in listed {
@@ -487,6 +558,8 @@ impl Coordinator {
         loop {
             tokio::select! {
                 message = control.recv() => match message {
+                    Some(Control::Assign { shard, start, floor, epoch }) => self.assign(shard, start, floor, epoch),
+                    Some(Control::Revoke { shard }) => self.revoke(&shard),
                     Some(Control::Seek { shard, to, epoch, done }) => {
                         // `done` goes to the new reader, or is dropped: either ends the
                         // consumer's wait.
@@ -503,6 +576,16 @@ impl Coordinator {
                         continue;
                     }
                     match exit {
+                        ReaderExit::Ended(_) if self.group => {
+                            if let Some(state) = self.shards.get_mut(&shard) {
+                                state.status = Status::Ended;
+                            }
+                            // The member checkpoints the end once every record is
+                            // acknowledged; the group's keepers then take the children.
+                            if self.events.send(Event::Ended { shard, epoch }).await.is_err() {
+                                return;
+                            }
+                        }
                         ReaderExit::Ended(children) => {
                             if let Some(state) = self.shards.get_mut(&shard) {
                                 state.status = Status::Ended;
@@ -531,7 +614,7 @@ impl Coordinator {
                         ReaderExit::Stopped => return,
                     }
                 },
-                _ = refresh.tick() => {
+                _ = refresh.tick(), if !self.group => {
                     if let Err(e) = self.refresh().await {
                         if e.kind() == ErrorKind::NotFound {
                             let _ = self.events.send(Event::Failed(e)).await;
@@ -548,15 +631,21 @@ impl Coordinator {
 impl KinesisConsumer {
     pub(crate) async fn new(shared: Arc<Shared>, config: ConsumerConfig) -> Result<Self> {
         crate::validate_stream_name(&config.stream)?;
-        if let ConsumerMode::Group(group) = &config.mode {
-            tributary_core::validate_group_name(group)?;
-            return Err(Error::unsupported(
-                "Kinesis consumer groups (leases and checkpoints in DynamoDB) are not in this \
-                 version: use a broadcast consumer",
-            ));
-        }
         let stream: Arc<str> = config.stream.as_str().into();
-        let listed = list_shards(&shared.client, &stream).await?;
+        let keeper = match &config.mode {
+            ConsumerMode::Group(group) => {
+                tributary_core::validate_group_name(group)?;
+                let store = lease_store(&shared, &stream, group);
+                let mut keeper = Keeper::new(shared.clone(), stream.clone(), store);
+                keeper.join().await?;
+                Some(keeper)
+            }
+            ConsumerMode::Broadcast => None,
+        };
+        let listed = match keeper {
+            None => list_shards(&shared.client, &stream).await?,
+            Some(_) => Vec::new(),
+        };
         let fan_out = match shared.config.reader {
             ReaderKind::Polling => None,
             ReaderKind::FanOut => Some(fanout::Registration::register(&shared, &stream).await?),
@@ -574,14 +663,38 @@ impl KinesisConsumer {
             view: view.clone(),
             fan_out_arn: fan_out.as_ref().map(|r| r.consumer_arn.clone()),
             positioning: Some(Vec::new()),
+            group: keeper.is_some(),
         };
         for shard in listed {
             let closed = !shard.is_open();
             coordinator.add_shard(shard.id, shard.parents, closed, true)?;
         }
-        // The first readers start here, and the consumer is returned once each holds
-        // its position: a start at LATEST then means "after this call".
-        coordinator.start_ready();
+        let mut epochs = HashMap::new();
+        let group = match keeper {
+            None => {
+                // The first readers start here, and the consumer is returned once each
+                // holds its position: a start at LATEST then means "after this call".
+                coordinator.start_ready();
+                None
+            }
+            Some(keeper) => {
+                let keeper = keeper.spawn();
+                let mut membership = Membership {
+                    keeper,
+                    acks: AckTracker::new(),
+                    reading: BTreeMap::new(),
+                    start: config.start.clone(),
+                };
+                for held in membership.keeper.held().into_values() {
+                    let shard = held.lease.shard.clone();
+                    let (start, floor) = membership.placement(held.lease.checkpoint.as_ref())?;
+                    epochs.insert(shard.clone(), 1);
+                    membership.reading.insert(shard.clone(), false);
+                    coordinator.assign(shard, start, floor, 1);
+                }
+                Some(membership)
+            }
+        };
         let positioning = coordinator.positioning.take().unwrap_or_default();
         let task = tokio::spawn(coordinator.run(control_rx));
         let all_positioned = futures::future::join_all(positioning);
@@ -599,11 +712,12 @@ impl KinesisConsumer {
             events,
             buffer: VecDeque::new(),
             control,
-            epochs: HashMap::new(),
+            epochs,
             view,
             coordinator: task.abort_handle(),
             fan_out,
             shared,
+            group,
             closed: false,
         })
     }
@@ -614,9 +728,21 @@ impl KinesisConsumer {
         self.view.lock().map(|v| v.lag.clone()).unwrap_or_default()
     }
 
+    /// This group member's id, as the lease table names lease owners; `None` for a
+    /// broadcast consumer.
+    pub fn member_id(&self) -> Option<&str> {
+        self.group.as_ref().map(|g| &*g.keeper.worker)
+    }
+
     fn take(&mut self, max: usize) -> Vec<Received> {
         let n = max.min(self.buffer.len());
-        self.buffer.drain(..n).collect()
+        let batch: Vec<Received> = self.buffer.drain(..n).collect();
+        if let Some(group) = &mut self.group {
+            for r in &batch {
+                group.acks.delivered(&r.partition, r.offset.clone());
+            }
+        }
+        batch
     }
 
     /// Files one event; an error is returned for the caller to report.
@@ -632,8 +758,212 @@ impl KinesisConsumer {
                 }
                 None
             }
+            Event::Ended { shard, epoch } => {
+                if self.epochs.get(&shard).copied().unwrap_or(0) == epoch
+                    && let Some(ended) = self.group.as_mut().and_then(|g| g.reading.get_mut(&shard))
+                {
+                    *ended = true;
+                }
+                None
+            }
             Event::Failed(e) => Some(e),
         }
+    }
+
+    /// Stops reading a shard whose lease this member no longer holds: its queued
+    /// records are dropped and its acknowledgements forgotten.
+    fn stop_reading(&mut self, shard: &PartitionId) {
+        let Some(group) = &mut self.group else { return };
+        group.reading.remove(shard);
+        group.acks.forget(shard);
+        *self.epochs.entry(shard.clone()).or_default() += 1;
+        self.buffer.retain(|r| &r.partition != shard);
+        let _ = self.control.send(Control::Revoke { shard: shard.clone() });
+    }
+
+    /// Brings the readers in line with the leases: stops shards whose lease was lost,
+    /// checkpoints the end of shards read and acknowledged to the end, hands over the
+    /// leases other members asked for (committing what was acknowledged first), and
+    /// starts reading newly leased shards. Failed writes are retried at the next call.
+    async fn reconcile(&mut self) {
+        let Some(group) = &self.group else { return };
+        let now = tokio::time::Instant::now();
+        let held = group.keeper.held();
+        let lost: Vec<PartitionId> = group
+            .reading
+            .keys()
+            .filter(|s| held.get(*s).is_none_or(|h| h.valid_until <= now))
+            .cloned()
+            .collect();
+        for shard in lost {
+            tracing::info!(stream = %self.stream, %shard, "lease lost: no longer reading the shard");
+            self.stop_reading(&shard);
+        }
+        let Some(group) = &self.group else { return };
+        let finished: Vec<PartitionId> = group
+            .reading
+            .iter()
+            .filter(|(shard, ended)| {
+                **ended
+                    && !group.acks.has_unacked(shard)
+                    && !self.buffer.iter().any(|r| &r.partition == *shard)
+            })
+            .map(|(shard, _)| shard.clone())
+            .collect();
+        for shard in finished {
+            let Some(group) = &self.group else { return };
+            let result = group
+                .keeper
+                .ask(|reply| crate::keeper::Request::Checkpoint {
+                    shard: shard.clone(),
+                    checkpoint: Checkpoint::ShardEnd,
+                    reply,
+                })
+                .await;
+            match result {
+                Ok(()) => self.stop_reading(&shard),
+                Err(e) if e.kind() == ErrorKind::NotAssigned => self.stop_reading(&shard),
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream, %shard, "checkpointing the end of a shard: {e}")
+                }
+            }
+        }
+        let Some(group) = &self.group else { return };
+        let asked: Vec<(PartitionId, Option<Checkpoint>)> = held
+            .values()
+            .filter(|h| h.handoff_to.is_some() && group.reading.contains_key(&h.lease.shard))
+            .map(|h| {
+                let shard = h.lease.shard.clone();
+                let checkpoint = group.acks.committable(&shard).cloned().map(Checkpoint::After);
+                (shard, checkpoint)
+            })
+            .collect();
+        for (shard, checkpoint) in asked {
+            let Some(group) = &self.group else { return };
+            let committed = checkpoint.clone();
+            let result = group
+                .keeper
+                .ask(|reply| crate::keeper::Request::HandOver {
+                    shard: shard.clone(),
+                    checkpoint,
+                    reply,
+                })
+                .await;
+            match result {
+                Ok(()) => {
+                    tracing::info!(stream = %self.stream, %shard, ?committed, "lease handed over");
+                    self.stop_reading(&shard);
+                }
+                Err(e) if e.kind() == ErrorKind::NotAssigned => self.stop_reading(&shard),
+                Err(e) => tracing::warn!(stream = %self.stream, %shard, "handing a lease over: {e}"),
+            }
+        }
+        let Some(group) = &mut self.group else { return };
+        let new: Vec<_> = held
+            .values()
+            .filter(|h| h.valid_until > now && h.handoff_to.is_none())
+            .filter(|h| !group.reading.contains_key(&h.lease.shard))
+            .map(|h| (h.lease.shard.clone(), h.lease.checkpoint.clone()))
+            .collect();
+        for (shard, checkpoint) in new {
+            let (start, floor) = match group.placement(checkpoint.as_ref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream, %shard, "the lease's checkpoint is unusable: {e}");
+                    continue;
+                }
+            };
+            let epoch = self.epochs.entry(shard.clone()).or_default();
+            *epoch += 1;
+            group.reading.insert(shard.clone(), false);
+            group.acks.assign(&shard);
+            if let Some(Checkpoint::After(offset)) = &checkpoint {
+                group.acks.committed(&shard, offset.clone());
+            }
+            tracing::info!(stream = %self.stream, %shard, ?checkpoint, "reading a newly leased shard");
+            let _ = self.control.send(Control::Assign {
+                shard,
+                start,
+                floor,
+                epoch: *epoch,
+            });
+        }
+    }
+
+    /// Commits the acknowledged prefix of every shard this member reads.
+    async fn commit_group(&mut self) -> Result<()> {
+        let Some(group) = &self.group else {
+            return Err(Error::unsupported(
+                "a broadcast consumer has no group to commit to",
+            ));
+        };
+        let work: Vec<(PartitionId, Offset)> = group
+            .acks
+            .all_committable()
+            .into_iter()
+            .filter(|(shard, _)| group.reading.contains_key(shard))
+            .collect();
+        let mut first_error = None;
+        for (shard, offset) in work {
+            let Some(group) = &self.group else { break };
+            let result = group
+                .keeper
+                .ask(|reply| crate::keeper::Request::Checkpoint {
+                    shard: shard.clone(),
+                    checkpoint: Checkpoint::After(offset.clone()),
+                    reply,
+                })
+                .await;
+            match result {
+                Ok(()) => {
+                    if let Some(group) = &mut self.group {
+                        group.acks.committed(&shard, offset);
+                    }
+                }
+                Err(e) => {
+                    if e.kind() == ErrorKind::NotAssigned {
+                        self.stop_reading(&shard);
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.reconcile().await;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Membership {
+    /// Where to read a leased shard from, given the group's checkpoint.
+    fn placement(&self, checkpoint: Option<&Checkpoint>) -> Result<(Start, Option<Floor>)> {
+        match checkpoint {
+            None => Coordinator::placement(&self.start, true),
+            Some(Checkpoint::TrimHorizon) => Ok((Start::TrimHorizon, None)),
+            Some(Checkpoint::After(offset)) => {
+                Coordinator::placement(&StartFrom::After(offset.clone()), true)
+            }
+            Some(Checkpoint::ShardEnd) => Err(Error::new(
+                ErrorKind::Backend,
+                "a lease of a shard read to its end was handed out",
+            )),
+        }
+    }
+}
+
+/// The lease store of `group` reading `stream`, as the backend config says.
+pub(crate) fn lease_store(shared: &Arc<Shared>, stream: &str, group: &str) -> Arc<dyn LeaseStore> {
+    let table = shared
+        .config
+        .lease_table
+        .clone()
+        .unwrap_or_else(|| crate::dynamo::default_table_name(stream, group));
+    match shared.config.leases {
+        LeaseStoreKind::Dynamodb => Arc::new(crate::dynamo::DynamoLeaseStore::new(
+            shared.dynamodb.clone(),
+            table,
+            shared.config.operation_timeout,
+        )),
+        LeaseStoreKind::Memory => shared.memory_leases(&table),
     }
 }
 
@@ -644,20 +974,34 @@ impl Consumer for KinesisConsumer {
             return Err(Error::closed("consumer"));
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.buffer.is_empty() {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Err(_) => return Ok(Vec::new()),
-                Ok(None) => {
-                    return Err(Error::new(
-                        ErrorKind::Unavailable,
-                        format!("the readers of {} stopped", self.stream),
-                    ));
+        loop {
+            self.reconcile().await;
+            if !self.buffer.is_empty() {
+                break;
+            }
+            let changed = self.group.as_ref().map(|g| g.keeper.changed.clone());
+            let lease_change = async {
+                match changed {
+                    Some(notify) => notify.notified().await,
+                    None => std::future::pending().await,
                 }
-                Ok(Some(event)) => {
-                    if let Some(e) = self.absorb(event) {
-                        return Err(e);
+            };
+            tokio::select! {
+                received = tokio::time::timeout_at(deadline, self.events.recv()) => match received {
+                    Err(_) => return Ok(Vec::new()),
+                    Ok(None) => {
+                        return Err(Error::new(
+                            ErrorKind::Unavailable,
+                            format!("the readers of {} stopped", self.stream),
+                        ));
                     }
-                }
+                    Ok(Some(event)) => {
+                        if let Some(e) = self.absorb(event) {
+                            return Err(e);
+                        }
+                    }
+                },
+                () = lease_change => {}
             }
         }
         let mut failure = None;
@@ -679,41 +1023,61 @@ impl Consumer for KinesisConsumer {
         }
     }
 
-    fn ack(&mut self, _partition: &PartitionId, _offset: &Offset) -> Result<()> {
+    fn ack(&mut self, partition: &PartitionId, offset: &Offset) -> Result<()> {
         if self.closed {
             return Err(Error::closed("consumer"));
         }
-        Err(Error::unsupported(
-            "a broadcast consumer has no group to acknowledge to",
-        ))
+        let Some(group) = &mut self.group else {
+            return Err(Error::unsupported(
+                "a broadcast consumer has no group to acknowledge to",
+            ));
+        };
+        if !group.reading.contains_key(partition) {
+            return Err(Error::new(
+                ErrorKind::NotAssigned,
+                format!(
+                    "shard {partition} of {} is not leased to this member",
+                    self.stream
+                ),
+            ));
+        }
+        group.acks.ack(partition, offset)
     }
 
     async fn commit(&mut self) -> Result<()> {
         if self.closed {
             return Err(Error::closed("consumer"));
         }
-        Err(Error::unsupported(
-            "a broadcast consumer has no group to commit to",
-        ))
+        self.commit_group().await
     }
 
     async fn seek(&mut self, partition: &PartitionId, to: StartFrom) -> Result<()> {
         if self.closed {
             return Err(Error::closed("consumer"));
         }
-        let known = self
-            .view
-            .lock()
-            .map(|v| v.known.contains(partition))
-            .unwrap_or(false);
+        let known = match &self.group {
+            Some(group) => group.reading.contains_key(partition),
+            None => self
+                .view
+                .lock()
+                .map(|v| v.known.contains(partition))
+                .unwrap_or(false),
+        };
         if !known {
             return Err(Error::new(
                 ErrorKind::NotAssigned,
-                format!("{} has no shard {partition} known to this consumer", self.stream),
+                format!(
+                    "{} has no shard {partition} assigned to this consumer",
+                    self.stream
+                ),
             ));
         }
         if let StartFrom::At(o) | StartFrom::After(o) = &to {
             KinesisPosition::from_offset(o)?;
+        }
+        if let Some(group) = &mut self.group {
+            group.acks.reset(partition);
+            group.reading.insert(partition.clone(), false);
         }
         let epoch = self.epochs.get(partition).copied().unwrap_or(0) + 1;
         self.epochs.insert(partition.clone(), epoch);
@@ -739,23 +1103,50 @@ impl Consumer for KinesisConsumer {
     }
 
     fn assignment(&self) -> Vec<PartitionId> {
-        self.view
-            .lock()
-            .map(|v| v.known.iter().cloned().collect())
-            .unwrap_or_default()
+        match &self.group {
+            Some(group) => {
+                let now = tokio::time::Instant::now();
+                let held = group.keeper.held();
+                group
+                    .reading
+                    .keys()
+                    .filter(|s| held.get(*s).is_some_and(|h| h.valid_until > now))
+                    .cloned()
+                    .collect()
+            }
+            None => self
+                .view
+                .lock()
+                .map(|v| v.known.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
     }
 
     async fn close(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());
         }
+        let committed = match self.group.is_some() {
+            true => self.commit_group().await,
+            false => Ok(()),
+        };
         self.closed = true;
         self.coordinator.abort();
         self.buffer.clear();
-        match self.fan_out.take() {
+        let released = match &self.group {
+            Some(group) => {
+                group
+                    .keeper
+                    .ask(|reply| crate::keeper::Request::ReleaseAll { reply })
+                    .await
+            }
+            None => Ok(()),
+        };
+        let deregistered = match self.fan_out.take() {
             Some(registration) => registration.release(&self.shared).await,
             None => Ok(()),
-        }
+        };
+        committed.and(released).and(deregistered)
     }
 }
 

@@ -3,17 +3,21 @@
 mod admin;
 mod config;
 mod consumer;
+mod dynamo;
 mod envelope;
 mod error;
 mod fanout;
+mod keeper;
 mod keys;
 mod kpl;
+mod leases;
 mod polling;
 mod position;
 mod producer;
 mod shards;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -26,8 +30,10 @@ use tributary_core::{
 };
 
 pub use admin::KinesisAdmin;
-pub use config::{KINESIS_MAX_RECORD_BYTES, KinesisConfig, ReaderKind};
+pub use config::{KINESIS_MAX_RECORD_BYTES, KinesisConfig, LeaseStoreKind, ReaderKind};
 pub use consumer::KinesisConsumer;
+pub use dynamo::DynamoLeaseStore;
+pub use leases::{Checkpoint, Lease, LeaseChange, LeaseStore, MemoryLeaseStore};
 pub use position::KinesisPosition;
 pub use producer::{KinesisProducer, ProducerStats};
 
@@ -48,6 +54,29 @@ pub(crate) struct Shared {
     pub(crate) producer_client: Client,
     /// No attempt timeout: SubscribeToShard streams events for minutes.
     pub(crate) streaming_client: Client,
+    /// For lease tables (made without connecting; used only by group members).
+    pub(crate) dynamodb: aws_sdk_dynamodb::Client,
+}
+
+/// In-memory lease stores of this process, by Kinesis endpoint, region and table: the
+/// group members of every backend on one stream share them, so a backend made again
+/// in the same process finds its group's checkpoints.
+static MEMORY_LEASES: OnceLock<Mutex<HashMap<String, Arc<MemoryLeaseStore>>>> = OnceLock::new();
+
+impl Shared {
+    /// The in-memory lease store named `table`, made on first use.
+    pub(crate) fn memory_leases(&self, table: &str) -> Arc<MemoryLeaseStore> {
+        let key = format!(
+            "{}|{}|{table}",
+            self.config.endpoint.as_deref().unwrap_or(""),
+            self.client.config().region().map(|r| r.as_ref()).unwrap_or("")
+        );
+        let mut stores = match MEMORY_LEASES.get_or_init(Mutex::default).lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        stores.entry(key).or_default().clone()
+    }
 }
 
 impl KinesisBackend {
@@ -86,12 +115,14 @@ impl KinesisBackend {
         let client = build_client(&config, sdk, true, true);
         let producer_client = build_client(&config, sdk, false, true);
         let streaming_client = build_client(&config, sdk, true, false);
+        let dynamodb = build_dynamodb_client(&config, sdk);
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
                 client,
                 producer_client,
                 streaming_client,
+                dynamodb,
             }),
         })
     }
@@ -117,6 +148,12 @@ impl KinesisBackend {
     /// An admin handle as its concrete type (for split and merge).
     pub fn kinesis_admin(&self) -> KinesisAdmin {
         KinesisAdmin::new(self.shared.clone())
+    }
+
+    /// The lease store the members of `group` reading `stream` use (as configured:
+    /// DynamoDB or this backend's memory), for inspecting or repairing leases.
+    pub fn lease_store(&self, stream: &str, group: &str) -> Arc<dyn LeaseStore> {
+        consumer::lease_store(&self.shared, stream, group)
     }
 
     /// The SDK client the backend uses, for calls Tributary does not wrap.
@@ -149,6 +186,31 @@ fn build_client(config: &KinesisConfig, sdk: &SdkConfig, retries: bool, attempt_
     Client::from_conf(builder.build())
 }
 
+fn build_dynamodb_client(config: &KinesisConfig, sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(sdk);
+    if sdk.behavior_version().is_none() {
+        builder = builder.behavior_version(BehaviorVersion::latest());
+    }
+    if let Some(region) = &config.region {
+        builder = builder.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &config.dynamodb_endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    // A lease write that is late is worse than one that fails: the member retries at
+    // its next renewal, and a slow attempt must not outlive the lease.
+    let attempt = config.request_timeout.min(config.failover / 3);
+    builder = builder
+        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(2))
+        .timeout_config(
+            aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10).min(attempt))
+                .operation_attempt_timeout(attempt)
+                .build(),
+        );
+    aws_sdk_dynamodb::Client::from_conf(builder.build())
+}
+
 #[async_trait]
 impl Backend for KinesisBackend {
     fn capabilities(&self) -> Capabilities {
@@ -158,6 +220,7 @@ impl Backend for KinesisBackend {
         caps.seek_to_timestamp = true;
         caps.dynamic_partitions = true;
         caps.durable = true;
+        caps.consumer_groups = true;
         caps.max_record_bytes = Some(self.shared.config.max_record_bytes);
         caps
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tributary_conformance::{Harness, Timing};
 use tributary_core::{Backend, Result, async_trait};
-use tributary_kinesis::{KinesisBackend, KinesisConfig, ReaderKind};
+use tributary_kinesis::{KinesisBackend, KinesisConfig, LeaseStoreKind, ReaderKind};
 
 /// The emulator's endpoint; `None` (a skip) outside CI when unset.
 pub fn endpoint() -> Option<String> {
@@ -33,9 +33,27 @@ pub fn sdk_config(http: Option<SharedHttpClient>) -> SdkConfig {
     builder.build()
 }
 
-/// Settings for the emulator: quick shard discovery, bounded waits.
+/// The DynamoDB-compatible server for lease tables; `None` (a skip) outside CI when
+/// unset.
+pub fn dynamodb_endpoint() -> Option<String> {
+    tributary_conformance::server_from_env(
+        "TRIBUTARY_TEST_DYNAMODB",
+        "start dynalite with scripts/dynamodb start",
+    )
+}
+
+/// How long a group member's lease lasts in the tests.
+pub const FAILOVER: Duration = Duration::from_secs(2);
+
+/// Settings for the emulator: quick shard discovery, bounded waits, short leases kept
+/// on the DynamoDB-compatible server when one is named (else in memory).
 pub fn local_config(endpoint: &str) -> KinesisConfig {
     let mut config = KinesisConfig::local("us-east-1", endpoint);
+    match std::env::var("TRIBUTARY_TEST_DYNAMODB") {
+        Ok(dynamodb) if !dynamodb.is_empty() => config.dynamodb_endpoint = Some(dynamodb),
+        _ => config.leases = LeaseStoreKind::Memory,
+    }
+    config.failover = FAILOVER;
     config.shard_refresh = std::time::Duration::from_secs(1);
     config.operation_timeout = std::time::Duration::from_secs(60);
     config.delivery_timeout = std::time::Duration::from_secs(60);
@@ -55,12 +73,15 @@ pub struct KinesisHarness {
     pub reader: ReaderKind,
     /// Headers and event times in the envelope.
     pub headers_envelope: bool,
+    /// Where group members keep leases.
+    pub leases: LeaseStoreKind,
 }
 
 impl KinesisHarness {
     /// A harness on TRIBUTARY_TEST_KINESIS.
-    pub fn new(reader: ReaderKind, headers_envelope: bool) -> Self {
+    pub fn new(reader: ReaderKind, headers_envelope: bool, leases: LeaseStoreKind) -> Self {
         Self {
+            leases,
             endpoint: std::env::var("TRIBUTARY_TEST_KINESIS")
                 .ok()
                 .filter(|e| !e.is_empty()),
@@ -73,11 +94,15 @@ impl KinesisHarness {
 #[async_trait]
 impl Harness for KinesisHarness {
     fn unavailable(&self) -> Option<String> {
+        let dynamodb = std::env::var("TRIBUTARY_TEST_DYNAMODB").is_ok_and(|e| !e.is_empty());
         match self.endpoint {
-            Some(_) => None,
             None => Some(
                 "TRIBUTARY_TEST_KINESIS is not set (start kinesis-local with scripts/kinesis start)".into(),
             ),
+            Some(_) if self.leases == LeaseStoreKind::Dynamodb && !dynamodb => {
+                Some("TRIBUTARY_TEST_DYNAMODB is not set (start dynalite with scripts/dynamodb start)".into())
+            }
+            Some(_) => None,
         }
     }
 
@@ -85,6 +110,7 @@ impl Harness for KinesisHarness {
         let mut config = local_config(self.endpoint.as_deref().unwrap_or_default());
         config.reader = self.reader;
         config.headers_envelope = self.headers_envelope;
+        config.leases = self.leases;
         Ok(Arc::new(backend(config)?))
     }
 
@@ -98,7 +124,8 @@ impl Harness for KinesisHarness {
             settle: Duration::from_secs(60),
             quiet: Duration::from_secs(1),
             poll: Duration::from_millis(100),
-            failover: Duration::from_secs(10),
+            // A lease expires after FAILOVER unrenewed; members look every half of it.
+            failover: FAILOVER * 2,
         }
     }
 }

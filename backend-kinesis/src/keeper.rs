@@ -1,0 +1,698 @@
+//! The lease keeper of one group member: a task that renews the member's leases, takes
+//! leases no one holds (or whose owner stopped renewing), asks over-loaded members to
+//! hand one over so that every member holds within one lease of the mean, and makes
+//! leases for new shards. It is the only writer of the member's leases, so its writes
+//! (renewals, checkpoints, handoffs) never race each other on the lease counter.
+//!
+//! Safety rests on one rule: a member treats a lease as its own only until `failover`
+//! after it *sent* the last write that succeeded, while another member takes a lease
+//! only after seeing its counter unchanged for `failover`. The two windows cannot
+//! overlap, so at most one member delivers a shard's records at any time, and a member
+//! that lost a lease cannot checkpoint it (every write is conditional on the counter).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tributary_core::{Error, ErrorKind, PartitionId, Result};
+
+use crate::Shared;
+use crate::leases::{Checkpoint, Lease, LeaseChange, LeaseStore};
+use crate::shards::list_shards;
+
+/// A lease this member holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Held {
+    pub(crate) lease: Lease,
+    /// The member may deliver the shard's records until then.
+    pub(crate) valid_until: Instant,
+    /// Another member asked for the lease: the consumer commits and hands it over.
+    pub(crate) handoff_to: Option<String>,
+    /// When the handoff request was first seen.
+    handoff_seen: Option<Instant>,
+}
+
+/// What the consumer reads of the keeper's state.
+#[derive(Debug, Default)]
+pub(crate) struct Holdings {
+    pub(crate) held: BTreeMap<PartitionId, Held>,
+}
+
+/// What the consumer asks of the keeper.
+pub(crate) enum Request {
+    /// Records progress on a held lease.
+    Checkpoint {
+        shard: PartitionId,
+        checkpoint: Checkpoint,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Passes a held lease to the member that asked for it (or to no one), with a
+    /// last checkpoint.
+    HandOver {
+        shard: PartitionId,
+        checkpoint: Option<Checkpoint>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Releases every lease (the consumer is closing) and stops.
+    ReleaseAll { reply: oneshot::Sender<Result<()>> },
+}
+
+/// The consumer's end of a running keeper.
+#[derive(Debug)]
+pub(crate) struct KeeperHandle {
+    pub(crate) worker: Arc<str>,
+    pub(crate) holdings: Arc<Mutex<Holdings>>,
+    /// Told whenever the set of held leases or a handoff request changes.
+    pub(crate) changed: Arc<Notify>,
+    requests: mpsc::UnboundedSender<Request>,
+    task: tokio::task::AbortHandle,
+}
+
+impl KeeperHandle {
+    /// Sends a request and waits for its answer.
+    pub(crate) async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .map_err(|_| Error::new(ErrorKind::Unavailable, "the group's lease keeper stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::new(ErrorKind::Unavailable, "the group's lease keeper stopped"))?
+    }
+
+    /// A snapshot of the held leases.
+    pub(crate) fn held(&self) -> BTreeMap<PartitionId, Held> {
+        self.holdings.lock().map(|h| h.held.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for KeeperHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A lease as another member last saw it change.
+struct Observed {
+    counter: u64,
+    owner: Option<String>,
+    since: Instant,
+}
+
+/// The keeper task's state.
+pub(crate) struct Keeper {
+    shared: Arc<Shared>,
+    stream: Arc<str>,
+    store: Arc<dyn LeaseStore>,
+    worker: Arc<str>,
+    failover: Duration,
+    holdings: Arc<Mutex<Holdings>>,
+    changed: Arc<Notify>,
+    observed: BTreeMap<PartitionId, Observed>,
+    /// The handoff this member asked for and when.
+    asked: Option<(PartitionId, Instant)>,
+    /// When shards were last listed to make leases for new ones.
+    synced: Option<Instant>,
+}
+
+impl Keeper {
+    /// A keeper for a new member of the group; nothing is read or written yet.
+    pub(crate) fn new(shared: Arc<Shared>, stream: Arc<str>, store: Arc<dyn LeaseStore>) -> Self {
+        let worker: Arc<str> = format!("tributary-{}-{:016x}", std::process::id(), fastrand::u64(..)).into();
+        Self {
+            failover: shared.config.failover,
+            shared,
+            stream,
+            store,
+            worker,
+            holdings: Arc::new(Mutex::new(Holdings::default())),
+            changed: Arc::new(Notify::new()),
+            observed: BTreeMap::new(),
+            asked: None,
+            synced: None,
+        }
+    }
+
+    /// Prepares the store and takes a first share of the leases, so that a consumer
+    /// made with this keeper starts with its shards (and reports a store it cannot
+    /// reach as an error, not in the background).
+    pub(crate) async fn join(&mut self) -> Result<()> {
+        self.store.prepare().await?;
+        self.scan().await
+    }
+
+    /// Starts the keeper task.
+    pub(crate) fn spawn(self) -> KeeperHandle {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let worker = self.worker.clone();
+        let holdings = self.holdings.clone();
+        let changed = self.changed.clone();
+        let task = tokio::spawn(self.run(receiver)).abort_handle();
+        KeeperHandle {
+            worker,
+            holdings,
+            changed,
+            requests,
+            task,
+        }
+    }
+
+    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
+        let mut renew = tokio::time::interval(self.failover / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        let scan_every = self.failover / 2;
+        let mut next_scan = Instant::now() + jittered(scan_every);
+        loop {
+            tokio::select! {
+                request = requests.recv() => match request {
+                    Some(Request::ReleaseAll { reply }) => {
+                        let _ = reply.send(self.release_all().await);
+                        return;
+                    }
+                    Some(request) => self.handle(request).await,
+                    None => return,
+                },
+                _ = renew.tick() => self.renew_all().await,
+                () = tokio::time::sleep_until(next_scan) => {
+                    if let Err(e) = self.scan().await {
+                        tracing::warn!(stream = %self.stream, worker = %self.worker, "lease scan failed: {e}");
+                    }
+                    next_scan = Instant::now() + jittered(scan_every);
+                }
+            }
+        }
+    }
+
+    fn with_holdings<T>(&self, f: impl FnOnce(&mut Holdings) -> T) -> T {
+        let mut guard = match self.holdings.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    fn held(&self, shard: &PartitionId) -> Option<Held> {
+        self.with_holdings(|h| h.held.get(shard).cloned())
+    }
+
+    /// Records a successful write to a held lease, sent at `sent`.
+    fn confirm(&self, lease: Lease, sent: Instant) {
+        let valid_until = sent + self.failover;
+        let now = Instant::now();
+        let changed = self.with_holdings(|h| {
+            let entry = h.held.entry(lease.shard.clone());
+            let is_new = matches!(entry, std::collections::btree_map::Entry::Vacant(_));
+            let held = entry.or_insert_with(|| Held {
+                lease: lease.clone(),
+                valid_until,
+                handoff_to: None,
+                handoff_seen: None,
+            });
+            let asked_before = held.handoff_to.is_some();
+            held.handoff_to = lease.pending_owner.clone();
+            if held.handoff_to.is_some() {
+                held.handoff_seen.get_or_insert(now);
+            } else {
+                held.handoff_seen = None;
+            }
+            held.lease = lease;
+            held.valid_until = valid_until;
+            is_new || asked_before != held.handoff_to.is_some()
+        });
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    fn drop_lease(&self, shard: &PartitionId, why: &str) {
+        let removed = self.with_holdings(|h| h.held.remove(shard).is_some());
+        if removed {
+            tracing::info!(stream = %self.stream, worker = %self.worker, %shard, "lease given up: {why}");
+            self.changed.notify_one();
+        }
+    }
+
+    /// Writes `change` to a held lease; a write refused on its condition means the
+    /// lease moved on, and it is dropped.
+    async fn write(&self, shard: &PartitionId, change: &LeaseChange) -> Result<Lease> {
+        let Some(held) = self.held(shard) else {
+            return Err(Error::new(
+                ErrorKind::NotAssigned,
+                format!("shard {shard} is not leased to this member"),
+            ));
+        };
+        if held.valid_until <= Instant::now() {
+            self.drop_lease(shard, "not renewed within the failover time");
+            return Err(Error::new(
+                ErrorKind::NotAssigned,
+                format!("the lease of shard {shard} expired before it could be renewed"),
+            ));
+        }
+        let sent = Instant::now();
+        match self.store.update(&held.lease, change).await {
+            Ok(lease) => {
+                if lease.owner.as_deref() == Some(&*self.worker) {
+                    self.confirm(lease.clone(), sent);
+                } else {
+                    self.drop_lease(shard, "handed over");
+                }
+                Ok(lease)
+            }
+            Err(e) if e.kind() == ErrorKind::NotAssigned => {
+                self.drop_lease(shard, "another member holds it now");
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn handle(&mut self, request: Request) {
+        match request {
+            Request::Checkpoint {
+                shard,
+                checkpoint,
+                reply,
+            } => {
+                let change = if checkpoint == Checkpoint::ShardEnd {
+                    // An ended shard needs no reader: the lease is released with it.
+                    LeaseChange::Transfer {
+                        to: None,
+                        checkpoint: Some(checkpoint),
+                    }
+                } else {
+                    LeaseChange::Checkpoint(checkpoint)
+                };
+                let ended = matches!(change, LeaseChange::Transfer { .. });
+                let result = self.write(&shard, &change).await.map(drop);
+                if ended && result.is_ok() {
+                    self.drop_lease(&shard, "read to its end");
+                    // Its children can be read now: make their leases and take them.
+                    self.synced = None;
+                    if let Err(e) = self.scan().await {
+                        tracing::debug!(stream = %self.stream, "lease scan after {shard} ended: {e}");
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Request::HandOver {
+                shard,
+                checkpoint,
+                reply,
+            } => {
+                let to = self.held(&shard).and_then(|h| h.handoff_to);
+                let result = self
+                    .write(&shard, &LeaseChange::Transfer { to, checkpoint })
+                    .await
+                    .map(drop);
+                if result.is_ok() {
+                    self.drop_lease(&shard, "handed over to balance the group");
+                }
+                let _ = reply.send(result);
+            }
+            Request::ReleaseAll { reply } => {
+                let _ = reply.send(self.release_all().await);
+            }
+        }
+    }
+
+    async fn release_all(&mut self) -> Result<()> {
+        let shards: Vec<PartitionId> = self.with_holdings(|h| h.held.keys().cloned().collect());
+        let mut first_error = None;
+        for shard in shards {
+            let to = self.held(&shard).and_then(|h| h.handoff_to);
+            match self
+                .write(&shard, &LeaseChange::Transfer { to, checkpoint: None })
+                .await
+            {
+                Ok(_) => self.drop_lease(&shard, "released on close"),
+                Err(e) if e.kind() == ErrorKind::NotAssigned => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.with_holdings(|h| h.held.clear());
+        self.changed.notify_one();
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn renew_all(&mut self) {
+        let now = Instant::now();
+        let held: Vec<Held> = self.with_holdings(|h| h.held.values().cloned().collect());
+        let mut renewals = Vec::new();
+        for h in held {
+            // A member that does not poll to hand a lease over in time lets it lapse,
+            // so the member that asked takes it after the failover time.
+            let overdue = h
+                .handoff_seen
+                .is_some_and(|seen| now.duration_since(seen) > self.failover / 2);
+            if overdue {
+                tracing::info!(stream = %self.stream, shard = %h.lease.shard, "not renewing a lease whose handoff is overdue");
+                continue;
+            }
+            renewals.push(h.lease.shard);
+        }
+        let this = &*self;
+        let results = futures::future::join_all(
+            renewals
+                .iter()
+                .map(|shard| async move { (shard, this.write(shard, &LeaseChange::Renew).await) }),
+        )
+        .await;
+        for (shard, result) in results {
+            if let Err(e) = result
+                && e.kind() != ErrorKind::NotAssigned
+            {
+                tracing::debug!(stream = %self.stream, %shard, "renewing a lease: {e}");
+            }
+        }
+        let expired: Vec<PartitionId> = self.with_holdings(|h| {
+            h.held
+                .values()
+                .filter(|h| h.valid_until <= Instant::now())
+                .map(|h| h.lease.shard.clone())
+                .collect()
+        });
+        for shard in expired {
+            self.drop_lease(&shard, "not renewed within the failover time");
+        }
+    }
+
+    /// Reads every lease, makes leases for new shards, takes free or expired leases up
+    /// to this member's share, and asks for one when the group is uneven.
+    pub(crate) async fn scan(&mut self) -> Result<()> {
+        let mut leases = self.store.list().await?;
+        let now = Instant::now();
+        let due = self
+            .synced
+            .is_none_or(|at| now.duration_since(at) >= self.shared.config.shard_refresh);
+        if due {
+            self.sync_shards(&mut leases).await?;
+            self.synced = Some(now);
+        }
+        self.observe(&leases, now);
+        // Leases handed to this member (or left owned by it) start with a renewal: the
+        // write's send time bounds how long the member may read.
+        let mine_unknown: Vec<Lease> = leases
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some(&*self.worker) && !l.ended())
+            .filter(|l| self.held(&l.shard).is_none())
+            .cloned()
+            .collect();
+        for lease in mine_unknown {
+            let sent = Instant::now();
+            if let Ok(renewed) = self.store.update(&lease, &LeaseChange::Renew).await {
+                self.confirm(renewed, sent);
+            }
+        }
+        let plan = plan(&leases, &self.observed, &self.worker, self.failover, now);
+        for lease in plan.take {
+            let sent = Instant::now();
+            let change = LeaseChange::Take {
+                owner: self.worker.to_string(),
+            };
+            match self.store.update(&lease, &change).await {
+                Ok(taken) => {
+                    tracing::info!(stream = %self.stream, worker = %self.worker, shard = %taken.shard, previous = ?lease.owner, "lease taken");
+                    self.confirm(taken, sent);
+                }
+                Err(e) if e.kind() == ErrorKind::NotAssigned => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let waiting = self.asked.as_ref().is_some_and(|(shard, at)| {
+            now.duration_since(*at) < self.failover * 2 && self.held(shard).is_none()
+        });
+        if let Some(lease) = plan.ask
+            && !waiting
+        {
+            let change = LeaseChange::RequestHandoff {
+                to: self.worker.to_string(),
+            };
+            match self.store.update(&lease, &change).await {
+                Ok(_) => {
+                    tracing::info!(stream = %self.stream, worker = %self.worker, shard = %lease.shard, owner = ?lease.owner, "asked for a lease");
+                    self.asked = Some((lease.shard.clone(), now));
+                }
+                Err(e) if e.kind() == ErrorKind::NotAssigned => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, leases: &[Lease], now: Instant) {
+        let present: BTreeSet<&PartitionId> = leases.iter().map(|l| &l.shard).collect();
+        self.observed.retain(|shard, _| present.contains(shard));
+        for lease in leases {
+            let seen = self.observed.entry(lease.shard.clone()).or_insert(Observed {
+                counter: lease.counter,
+                owner: lease.owner.clone(),
+                since: now,
+            });
+            if seen.counter != lease.counter || seen.owner != lease.owner {
+                *seen = Observed {
+                    counter: lease.counter,
+                    owner: lease.owner.clone(),
+                    since: now,
+                };
+            }
+        }
+    }
+
+    /// Lists the stream's shards, adds a lease for every shard without one, and
+    /// deletes the leases of ended shards Kinesis no longer lists.
+    async fn sync_shards(&self, leases: &mut Vec<Lease>) -> Result<()> {
+        let shards = list_shards(&self.shared.client, &self.stream).await?;
+        let before: BTreeSet<PartitionId> = leases.iter().map(|l| l.shard.clone()).collect();
+        let listed: BTreeSet<PartitionId> = shards.iter().map(|s| s.id.clone()).collect();
+        for shard in shards {
+            if before.contains(&shard.id) {
+                continue;
+            }
+            // A shard made by a reshard the group already reads holds only records the
+            // group has not seen: from its start. Shards the group finds on its first
+            // look start where the consumer config says.
+            let checkpoint = shard
+                .parents
+                .iter()
+                .any(|p| before.contains(p))
+                .then_some(Checkpoint::TrimHorizon);
+            let lease = Lease::new(shard.id, shard.parents, checkpoint);
+            if self.store.create(&lease).await? {
+                leases.push(lease);
+            }
+        }
+        // Reread: another member may have added the same leases meanwhile.
+        if leases.len() != before.len() {
+            *leases = self.store.list().await?;
+        }
+        let gone: Vec<PartitionId> = leases
+            .iter()
+            .filter(|l| l.ended() && !listed.contains(&l.shard))
+            .map(|l| l.shard.clone())
+            .collect();
+        for shard in gone {
+            if self.store.delete_ended(&shard).await? {
+                leases.retain(|l| l.shard != shard);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn jittered(every: Duration) -> Duration {
+    every.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+/// What one scan decides.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Leases to take: free or expired, up to this member's share.
+    take: Vec<Lease>,
+    /// A lease of the most loaded member to ask for, when the group is uneven.
+    ask: Option<Lease>,
+}
+
+/// Decides which leases to take and which to ask for. A lease can be read once every
+/// parent it has in the table ended; a lease with an owner is expired once its counter
+/// has not moved for `failover`. The members are the owners of unexpired leases plus
+/// this one; each should hold the number of readable leases divided by the number of
+/// members, rounded up (so counts differ by at most one).
+fn plan(
+    leases: &[Lease],
+    observed: &BTreeMap<PartitionId, Observed>,
+    me: &str,
+    failover: Duration,
+    now: Instant,
+) -> Plan {
+    let by_shard: BTreeMap<&PartitionId, &Lease> = leases.iter().map(|l| (&l.shard, l)).collect();
+    let readable: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| !l.ended())
+        .filter(|l| {
+            l.parents
+                .iter()
+                .all(|p| by_shard.get(p).is_none_or(|parent| parent.ended()))
+        })
+        .collect();
+    let expired = |l: &Lease| {
+        l.owner.is_none()
+            || observed
+                .get(&l.shard)
+                .is_some_and(|o| now.duration_since(o.since) > failover)
+    };
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::from([(me, 0)]);
+    for lease in &readable {
+        if let Some(owner) = &lease.owner
+            && (!expired(lease) || owner == me)
+        {
+            *counts.entry(owner.as_str()).or_default() += 1;
+        }
+    }
+    let mine = counts.get(me).copied().unwrap_or(0);
+    let target = readable.len().div_ceil(counts.len());
+    let mut plan = Plan::default();
+    if mine >= target {
+        return plan;
+    }
+    let mut free: Vec<&Lease> = readable
+        .iter()
+        .copied()
+        .filter(|l| l.owner.as_deref() != Some(me) && expired(l))
+        .collect();
+    fastrand::shuffle(&mut free);
+    plan.take = free.into_iter().take(target - mine).cloned().collect();
+    if !plan.take.is_empty() {
+        return plan;
+    }
+    let Some((busiest, most)) = counts
+        .iter()
+        .filter(|(owner, _)| **owner != me)
+        .max_by_key(|(_, n)| **n)
+        .map(|(o, n)| (*o, *n))
+    else {
+        return plan;
+    };
+    if most > target || (most == target && mine + 1 < target) {
+        let mut theirs: Vec<&Lease> = readable
+            .iter()
+            .copied()
+            .filter(|l| l.owner.as_deref() == Some(busiest) && l.pending_owner.is_none())
+            .collect();
+        fastrand::shuffle(&mut theirs);
+        plan.ask = theirs.first().map(|l| (*l).clone());
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(shard: &str, owner: Option<&str>) -> Lease {
+        Lease {
+            owner: owner.map(str::to_string),
+            ..Lease::new(PartitionId::new(shard), Vec::new(), None)
+        }
+    }
+
+    fn fresh(leases: &[Lease], now: Instant) -> BTreeMap<PartitionId, Observed> {
+        leases
+            .iter()
+            .map(|l| {
+                (
+                    l.shard.clone(),
+                    Observed {
+                        counter: l.counter,
+                        owner: l.owner.clone(),
+                        since: now,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    const FAILOVER: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_lone_member_takes_every_free_lease() {
+        let leases: Vec<Lease> = (0..6).map(|i| lease(&format!("s{i}"), None)).collect();
+        let now = Instant::now();
+        let plan = plan(&leases, &fresh(&leases, now), "me", FAILOVER, now);
+        assert_eq!(plan.take.len(), 6);
+        assert!(plan.ask.is_none());
+    }
+
+    #[test]
+    fn a_newcomer_asks_the_busiest_member_for_one_lease() {
+        let leases: Vec<Lease> = (0..8).map(|i| lease(&format!("s{i}"), Some("a"))).collect();
+        let now = Instant::now();
+        let plan = plan(&leases, &fresh(&leases, now), "me", FAILOVER, now);
+        assert!(plan.take.is_empty(), "no lease is free or expired");
+        assert_eq!(plan.ask.map(|l| l.owner), Some(Some("a".to_string())));
+    }
+
+    #[test]
+    fn an_even_group_stays_put() {
+        // 6 leases, 4 members holding 2, 2, 1, 1: within one of the mean.
+        let owners = ["a", "a", "b", "b", "c", "me"];
+        let leases: Vec<Lease> = owners
+            .iter()
+            .enumerate()
+            .map(|(i, o)| lease(&format!("s{i}"), Some(o)))
+            .collect();
+        let now = Instant::now();
+        let plan = plan(&leases, &fresh(&leases, now), "me", FAILOVER, now);
+        assert!(plan.take.is_empty() && plan.ask.is_none(), "{plan:?}");
+    }
+
+    #[test]
+    fn expired_leases_are_taken_up_to_the_share() {
+        let mut leases: Vec<Lease> = (0..4).map(|i| lease(&format!("s{i}"), Some("dead"))).collect();
+        leases.extend((4..6).map(|i| lease(&format!("s{i}"), Some("alive"))));
+        let now = Instant::now();
+        let mut observed = fresh(&leases, now);
+        for o in observed
+            .values_mut()
+            .filter(|o| o.owner.as_deref() == Some("dead"))
+        {
+            o.since = now.checked_sub(FAILOVER * 2).unwrap_or(now);
+        }
+        // Members: alive and me (dead's leases expired): a share of 3 each.
+        let plan = plan(&leases, &observed, "me", FAILOVER, now);
+        assert_eq!(plan.take.len(), 3);
+        assert!(plan.take.iter().all(|l| l.owner.as_deref() == Some("dead")));
+    }
+
+    #[test]
+    fn children_wait_for_every_parent_to_end() {
+        let mut parent_a = lease("a", None);
+        let mut parent_b = lease("b", None);
+        parent_a.checkpoint = Some(Checkpoint::ShardEnd);
+        let child = Lease::new(
+            PartitionId::new("c"),
+            vec![PartitionId::new("a"), PartitionId::new("b")],
+            Some(Checkpoint::TrimHorizon),
+        );
+        let now = Instant::now();
+        let leases = vec![parent_a.clone(), parent_b.clone(), child.clone()];
+        let taken: Vec<String> = plan(&leases, &fresh(&leases, now), "me", FAILOVER, now)
+            .take
+            .iter()
+            .map(|l| l.shard.to_string())
+            .collect();
+        assert_eq!(taken, ["b"], "the child waits for b; the ended a is not read");
+        parent_b.checkpoint = Some(Checkpoint::ShardEnd);
+        let leases = vec![parent_a, parent_b, child];
+        let taken: Vec<String> = plan(&leases, &fresh(&leases, now), "me", FAILOVER, now)
+            .take
+            .iter()
+            .map(|l| l.shard.to_string())
+            .collect();
+        assert_eq!(taken, ["c"]);
+    }
+}
