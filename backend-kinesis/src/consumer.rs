@@ -16,7 +16,7 @@ use tributary_core::{
 };
 
 use crate::config::{LeaseStoreKind, ReaderKind};
-use crate::keeper::{Keeper, KeeperHandle};
+use crate::keeper::{Keeper, KeeperHandle, Request};
 use crate::kpl::{self, Deaggregated};
 use crate::leases::{Checkpoint, LeaseStore};
 use crate::position::{KinesisPosition, offset_of};
@@ -46,16 +46,28 @@ pub struct KinesisConsumer {
     shared: Arc<Shared>,
     /// A group member's leases and acknowledgements.
     group: Option<Membership>,
+    /// An error for the next poll (records already queued came first).
+    pending_error: Option<Error>,
     closed: bool,
+}
+
+/// A leased shard a group member reads.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    /// The holding of the lease it reads under (see `keeper::Held::tenure`).
+    tenure: u64,
+    /// Its reader reached the shard's end.
+    ended: bool,
+    /// Its reader failed: the lease is released for another try.
+    failed: bool,
 }
 
 /// What a group member keeps besides its readers.
 struct Membership {
     keeper: KeeperHandle,
     acks: AckTracker,
-    /// The shards it reads (it holds their leases), with whether each was read to its
-    /// end.
-    reading: BTreeMap<PartitionId, bool>,
+    /// The shards it reads (it holds their leases).
+    reading: BTreeMap<PartitionId, Reading>,
     /// Where a shard the group never read starts.
     start: StartFrom,
 }
@@ -82,6 +94,12 @@ pub(crate) enum Event {
     Ended {
         shard: PartitionId,
         epoch: u64,
+    },
+    /// A group member's shard reader failed (broadcast readers report `Failed`).
+    ShardFailed {
+        shard: PartitionId,
+        epoch: u64,
+        error: Error,
     },
     Failed(Error),
 }
@@ -603,6 +621,14 @@ impl Coordinator {
                             }
                             self.start_ready();
                         }
+                        ReaderExit::Failed(error) if self.group => {
+                            if let Some(state) = self.shards.get_mut(&shard) {
+                                state.status = Status::Failed;
+                            }
+                            if self.events.send(Event::ShardFailed { shard, epoch, error }).await.is_err() {
+                                return;
+                            }
+                        }
                         ReaderExit::Failed(e) => {
                             if let Some(state) = self.shards.get_mut(&shard) {
                                 state.status = Status::Failed;
@@ -632,23 +658,32 @@ impl KinesisConsumer {
     pub(crate) async fn new(shared: Arc<Shared>, config: ConsumerConfig) -> Result<Self> {
         crate::validate_stream_name(&config.stream)?;
         let stream: Arc<str> = config.stream.as_str().into();
-        let keeper = match &config.mode {
-            ConsumerMode::Group(group) => {
-                tributary_core::validate_group_name(group)?;
-                let store = lease_store(&shared, &stream, group);
-                let mut keeper = Keeper::new(shared.clone(), stream.clone(), store);
-                keeper.join().await?;
-                Some(keeper)
-            }
+        let store = match &config.mode {
+            ConsumerMode::Group(group) => Some(lease_store(&shared, &stream, group)?),
             ConsumerMode::Broadcast => None,
         };
-        let listed = match keeper {
+        let listed = match store {
             None => list_shards(&shared.client, &stream).await?,
             Some(_) => Vec::new(),
         };
+        // Registration may wait long for ACTIVE: before any lease is taken, so none
+        // lapses meanwhile.
         let fan_out = match shared.config.reader {
             ReaderKind::Polling => None,
             ReaderKind::FanOut => Some(fanout::Registration::register(&shared, &stream).await?),
+        };
+        let keeper = match store {
+            Some(store) => {
+                let mut keeper = Keeper::new(shared.clone(), stream.clone(), store, config.start.clone());
+                if let Err(e) = keeper.join().await {
+                    if let Some(registration) = fan_out {
+                        let _ = registration.release(&shared).await;
+                    }
+                    return Err(e);
+                }
+                Some(keeper)
+            }
+            None => None,
         };
         let (events_tx, events) = mpsc::channel(QUEUED_BATCHES);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -687,9 +722,9 @@ impl KinesisConsumer {
                 };
                 for held in membership.keeper.held().into_values() {
                     let shard = held.lease.shard.clone();
-                    let (start, floor) = membership.placement(held.lease.checkpoint.as_ref())?;
+                    let (start, floor) =
+                        membership.begin(&shard, held.tenure, held.lease.checkpoint.as_ref())?;
                     epochs.insert(shard.clone(), 1);
-                    membership.reading.insert(shard.clone(), false);
                     coordinator.assign(shard, start, floor, 1);
                 }
                 Some(membership)
@@ -718,6 +753,7 @@ impl KinesisConsumer {
             fan_out,
             shared,
             group,
+            pending_error: None,
             closed: false,
         })
     }
@@ -760,11 +796,20 @@ impl KinesisConsumer {
             }
             Event::Ended { shard, epoch } => {
                 if self.epochs.get(&shard).copied().unwrap_or(0) == epoch
-                    && let Some(ended) = self.group.as_mut().and_then(|g| g.reading.get_mut(&shard))
+                    && let Some(reading) = self.group.as_mut().and_then(|g| g.reading.get_mut(&shard))
                 {
-                    *ended = true;
+                    reading.ended = true;
                 }
                 None
+            }
+            Event::ShardFailed { shard, epoch, error } => {
+                if self.epochs.get(&shard).copied().unwrap_or(0) != epoch {
+                    return None;
+                }
+                if let Some(reading) = self.group.as_mut().and_then(|g| g.reading.get_mut(&shard)) {
+                    reading.failed = true;
+                }
+                Some(error)
             }
             Event::Failed(e) => Some(e),
         }
@@ -781,108 +826,141 @@ impl KinesisConsumer {
         let _ = self.control.send(Control::Revoke { shard: shard.clone() });
     }
 
-    /// Brings the readers in line with the leases: stops shards whose lease was lost,
-    /// checkpoints the end of shards read and acknowledged to the end, hands over the
-    /// leases other members asked for (committing what was acknowledged first), and
-    /// starts reading newly leased shards. Failed writes are retried at the next call.
-    async fn reconcile(&mut self) {
+    /// Stops reading, before they are delivered, the shards whose lease is no longer
+    /// valid (or was lost and taken again since reading started).
+    fn drop_lapsed(&mut self) {
         let Some(group) = &self.group else { return };
         let now = tokio::time::Instant::now();
         let held = group.keeper.held();
-        let lost: Vec<PartitionId> = group
-            .reading
-            .keys()
-            .filter(|s| held.get(*s).is_none_or(|h| h.valid_until <= now))
-            .cloned()
-            .collect();
-        for shard in lost {
-            tracing::info!(stream = %self.stream, %shard, "lease lost: no longer reading the shard");
-            self.stop_reading(&shard);
-        }
-        let Some(group) = &self.group else { return };
-        let finished: Vec<PartitionId> = group
+        let lapsed: Vec<PartitionId> = group
             .reading
             .iter()
-            .filter(|(shard, ended)| {
-                **ended
-                    && !group.acks.has_unacked(shard)
-                    && !self.buffer.iter().any(|r| &r.partition == *shard)
+            .filter(|(shard, reading)| {
+                held.get(*shard)
+                    .is_none_or(|h| h.valid_until <= now || h.tenure != reading.tenure)
             })
             .map(|(shard, _)| shard.clone())
             .collect();
-        for shard in finished {
+        for shard in lapsed {
+            tracing::info!(stream = %self.stream, %shard, "lease lost: no longer reading the shard");
+            self.stop_reading(&shard);
+        }
+    }
+
+    /// Asks the keeper to write a shard's end or pass its lease on; the shard is no
+    /// longer read here whatever the outcome (an unknown outcome may have applied).
+    async fn let_go(
+        &mut self,
+        shard: &PartitionId,
+        request: impl FnOnce(oneshot::Sender<Result<()>>) -> Request,
+    ) {
+        let Some(group) = &self.group else { return };
+        if let Err(e) = group.keeper.ask(request).await
+            && e.kind() != ErrorKind::NotAssigned
+        {
+            tracing::warn!(stream = %self.stream, %shard, "letting a lease go: {e}");
+        }
+        self.stop_reading(shard);
+    }
+
+    /// Brings the readers in line with the leases: stops shards whose lease was lost,
+    /// checkpoints the end of shards read and acknowledged to the end, releases shards
+    /// whose reader failed, hands over the leases other members asked for (committing
+    /// what was acknowledged first), and starts reading newly leased shards.
+    async fn reconcile(&mut self) {
+        self.drop_lapsed();
+        let Some(group) = &mut self.group else { return };
+        if let Some(failure) = group
+            .keeper
+            .holdings
+            .lock()
+            .ok()
+            .and_then(|mut h| h.failure.take())
+        {
+            self.pending_error.get_or_insert(failure);
+        }
+        let Some(group) = &self.group else { return };
+        let finished: Vec<(PartitionId, Reading)> = group
+            .reading
+            .iter()
+            .filter(|(shard, reading)| {
+                reading.failed
+                    || (reading.ended
+                        && !group.acks.has_unacked(shard)
+                        && !self.buffer.iter().any(|r| &r.partition == *shard))
+            })
+            .map(|(shard, reading)| (shard.clone(), *reading))
+            .collect();
+        for (shard, reading) in finished {
             let Some(group) = &self.group else { return };
-            let result = group
-                .keeper
-                .ask(|reply| crate::keeper::Request::Checkpoint {
+            let tenure = reading.tenure;
+            if reading.failed {
+                // Released with what was acknowledged, for any member to try again.
+                let checkpoint = group.acks.committable(&shard).cloned().map(Checkpoint::After);
+                self.let_go(&shard, |reply| Request::HandOver {
                     shard: shard.clone(),
+                    tenure,
+                    checkpoint,
+                    release: true,
+                    reply,
+                })
+                .await;
+            } else {
+                self.let_go(&shard, |reply| Request::Checkpoint {
+                    shard: shard.clone(),
+                    tenure,
                     checkpoint: Checkpoint::ShardEnd,
                     reply,
                 })
                 .await;
-            match result {
-                Ok(()) => self.stop_reading(&shard),
-                Err(e) if e.kind() == ErrorKind::NotAssigned => self.stop_reading(&shard),
-                Err(e) => {
-                    tracing::warn!(stream = %self.stream, %shard, "checkpointing the end of a shard: {e}")
-                }
             }
         }
         let Some(group) = &self.group else { return };
-        let asked: Vec<(PartitionId, Option<Checkpoint>)> = held
+        let now = tokio::time::Instant::now();
+        let held = group.keeper.held();
+        let asked: Vec<(PartitionId, u64, Option<Checkpoint>)> = held
             .values()
-            .filter(|h| h.handoff_to.is_some() && group.reading.contains_key(&h.lease.shard))
+            .filter(|h| h.handoff_to.is_some() && h.valid_until > now)
             .map(|h| {
                 let shard = h.lease.shard.clone();
-                let checkpoint = group.acks.committable(&shard).cloned().map(Checkpoint::After);
-                (shard, checkpoint)
+                let checkpoint = match group.reading.contains_key(&shard) {
+                    true => group.acks.committable(&shard).cloned().map(Checkpoint::After),
+                    false => None,
+                };
+                (shard, h.tenure, checkpoint)
             })
             .collect();
-        for (shard, checkpoint) in asked {
-            let Some(group) = &self.group else { return };
-            let committed = checkpoint.clone();
-            let result = group
-                .keeper
-                .ask(|reply| crate::keeper::Request::HandOver {
-                    shard: shard.clone(),
-                    checkpoint,
-                    reply,
-                })
-                .await;
-            match result {
-                Ok(()) => {
-                    tracing::info!(stream = %self.stream, %shard, ?committed, "lease handed over");
-                    self.stop_reading(&shard);
-                }
-                Err(e) if e.kind() == ErrorKind::NotAssigned => self.stop_reading(&shard),
-                Err(e) => tracing::warn!(stream = %self.stream, %shard, "handing a lease over: {e}"),
-            }
+        for (shard, tenure, checkpoint) in asked {
+            tracing::info!(stream = %self.stream, %shard, ?checkpoint, "handing a lease over");
+            self.let_go(&shard, |reply| Request::HandOver {
+                shard: shard.clone(),
+                tenure,
+                checkpoint,
+                release: false,
+                reply,
+            })
+            .await;
         }
         let Some(group) = &mut self.group else { return };
-        let new: Vec<_> = held
-            .values()
-            .filter(|h| h.valid_until > now && h.handoff_to.is_none())
-            .filter(|h| !group.reading.contains_key(&h.lease.shard))
-            .map(|h| (h.lease.shard.clone(), h.lease.checkpoint.clone()))
-            .collect();
-        for (shard, checkpoint) in new {
-            let (start, floor) = match group.placement(checkpoint.as_ref()) {
+        let now = tokio::time::Instant::now();
+        let held = group.keeper.held();
+        for h in held.values() {
+            let shard = &h.lease.shard;
+            if h.valid_until <= now || h.handoff_to.is_some() || group.reading.contains_key(shard) {
+                continue;
+            }
+            let (start, floor) = match group.begin(shard, h.tenure, h.lease.checkpoint.as_ref()) {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(stream = %self.stream, %shard, "the lease's checkpoint is unusable: {e}");
+                    self.pending_error.get_or_insert(e);
                     continue;
                 }
             };
             let epoch = self.epochs.entry(shard.clone()).or_default();
             *epoch += 1;
-            group.reading.insert(shard.clone(), false);
-            group.acks.assign(&shard);
-            if let Some(Checkpoint::After(offset)) = &checkpoint {
-                group.acks.committed(&shard, offset.clone());
-            }
-            tracing::info!(stream = %self.stream, %shard, ?checkpoint, "reading a newly leased shard");
+            tracing::info!(stream = %self.stream, %shard, checkpoint = ?h.lease.checkpoint, "reading a newly leased shard");
             let _ = self.control.send(Control::Assign {
-                shard,
+                shard: shard.clone(),
                 start,
                 floor,
                 epoch: *epoch,
@@ -892,24 +970,26 @@ impl KinesisConsumer {
 
     /// Commits the acknowledged prefix of every shard this member reads.
     async fn commit_group(&mut self) -> Result<()> {
+        self.drop_lapsed();
         let Some(group) = &self.group else {
             return Err(Error::unsupported(
                 "a broadcast consumer has no group to commit to",
             ));
         };
-        let work: Vec<(PartitionId, Offset)> = group
+        let work: Vec<(PartitionId, u64, Offset)> = group
             .acks
             .all_committable()
             .into_iter()
-            .filter(|(shard, _)| group.reading.contains_key(shard))
+            .filter_map(|(shard, offset)| group.reading.get(&shard).map(|r| (shard, r.tenure, offset)))
             .collect();
         let mut first_error = None;
-        for (shard, offset) in work {
+        for (shard, tenure, offset) in work {
             let Some(group) = &self.group else { break };
             let result = group
                 .keeper
-                .ask(|reply| crate::keeper::Request::Checkpoint {
+                .ask(|reply| Request::Checkpoint {
                     shard: shard.clone(),
+                    tenure,
                     checkpoint: Checkpoint::After(offset.clone()),
                     reply,
                 })
@@ -934,37 +1014,62 @@ impl KinesisConsumer {
 }
 
 impl Membership {
-    /// Where to read a leased shard from, given the group's checkpoint.
-    fn placement(&self, checkpoint: Option<&Checkpoint>) -> Result<(Start, Option<Floor>)> {
-        match checkpoint {
-            None => Coordinator::placement(&self.start, true),
-            Some(Checkpoint::TrimHorizon) => Ok((Start::TrimHorizon, None)),
+    /// Starts reading a leased shard under `tenure`: tracks its acks from the group's
+    /// checkpoint (so a commit never moves it back) and says where its reader starts.
+    fn begin(
+        &mut self,
+        shard: &PartitionId,
+        tenure: u64,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(Start, Option<Floor>)> {
+        let placement = match checkpoint {
+            None => Coordinator::placement(&self.start, true)?,
+            Some(Checkpoint::TrimHorizon) => (Start::TrimHorizon, None),
+            Some(Checkpoint::AtTimestamp(t)) => (Start::Timestamp(*t), None),
             Some(Checkpoint::After(offset)) => {
-                Coordinator::placement(&StartFrom::After(offset.clone()), true)
+                Coordinator::placement(&StartFrom::After(offset.clone()), true)?
             }
-            Some(Checkpoint::ShardEnd) => Err(Error::new(
-                ErrorKind::Backend,
-                "a lease of a shard read to its end was handed out",
-            )),
+            Some(Checkpoint::ShardEnd) => {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!("the lease of {shard}, a shard read to its end, was handed out"),
+                ));
+            }
+        };
+        self.reading.insert(
+            shard.clone(),
+            Reading {
+                tenure,
+                ended: false,
+                failed: false,
+            },
+        );
+        self.acks.forget(shard);
+        self.acks.assign(shard);
+        if let Some(Checkpoint::After(offset)) = checkpoint {
+            self.acks.committed(shard, offset.clone());
         }
+        Ok(placement)
     }
 }
 
 /// The lease store of `group` reading `stream`, as the backend config says.
-pub(crate) fn lease_store(shared: &Arc<Shared>, stream: &str, group: &str) -> Arc<dyn LeaseStore> {
+pub(crate) fn lease_store(shared: &Arc<Shared>, stream: &str, group: &str) -> Result<Arc<dyn LeaseStore>> {
+    crate::validate_stream_name(stream)?;
+    tributary_core::validate_group_name(group)?;
     let table = shared
         .config
         .lease_table
         .clone()
         .unwrap_or_else(|| crate::dynamo::default_table_name(stream, group));
-    match shared.config.leases {
+    Ok(match shared.config.leases {
         LeaseStoreKind::Dynamodb => Arc::new(crate::dynamo::DynamoLeaseStore::new(
             shared.dynamodb.clone(),
             table,
             shared.config.operation_timeout,
         )),
         LeaseStoreKind::Memory => shared.memory_leases(&table),
-    }
+    })
 }
 
 #[async_trait]
@@ -973,9 +1078,15 @@ impl Consumer for KinesisConsumer {
         if self.closed {
             return Err(Error::closed("consumer"));
         }
+        if let Some(e) = self.pending_error.take() {
+            return Err(e);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             self.reconcile().await;
+            if let Some(e) = self.pending_error.take() {
+                return Err(e);
+            }
             if !self.buffer.is_empty() {
                 break;
             }
@@ -1011,12 +1122,14 @@ impl Consumer for KinesisConsumer {
                 Err(_) => break,
             }
         }
+        // No await since the last check: what is taken now is of valid leases.
+        self.drop_lapsed();
         let batch = self.take(max);
         match failure {
             // Records first; the error comes with the next poll.
             Some(e) if batch.is_empty() => Err(e),
             Some(e) => {
-                tracing::warn!("{} reader failed: {e}", self.stream);
+                self.pending_error.get_or_insert(e);
                 Ok(batch)
             }
             None => Ok(batch),
@@ -1077,7 +1190,10 @@ impl Consumer for KinesisConsumer {
         }
         if let Some(group) = &mut self.group {
             group.acks.reset(partition);
-            group.reading.insert(partition.clone(), false);
+            if let Some(reading) = group.reading.get_mut(partition) {
+                reading.ended = false;
+                reading.failed = false;
+            }
         }
         let epoch = self.epochs.get(partition).copied().unwrap_or(0) + 1;
         self.epochs.insert(partition.clone(), epoch);

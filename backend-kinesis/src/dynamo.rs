@@ -23,10 +23,12 @@ const OWNER: &str = "leaseOwner";
 const COUNTER: &str = "leaseCounter";
 const CHECKPOINT: &str = "checkpoint";
 const SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
+const TIMESTAMP: &str = "checkpointTimestamp";
 const PARENTS: &str = "parentShardId";
 const PENDING: &str = "pendingOwner";
 const TRIM_HORIZON: &str = "TRIM_HORIZON";
 const SHARD_END: &str = "SHARD_END";
+const AT_TIMESTAMP: &str = "AT_TIMESTAMP";
 
 /// The lease table of `group` reading `stream` when none is configured: readable, and
 /// unique per stream and group thanks to a hash of both (stream and group names may
@@ -44,7 +46,7 @@ pub(crate) fn default_table_name(stream: &str, group: &str) -> String {
             }
         })
         .collect();
-    let room = 255 - "tributary---".len() - stream.len() - hash.len();
+    let room = 255usize.saturating_sub("tributary---".len() + stream.len() + hash.len());
     let clean: String = clean.chars().take(room).collect();
     format!("tributary-{stream}-{clean}-{hash}")
 }
@@ -140,6 +142,15 @@ impl DynamoLeaseStore {
             None => None,
             Some(TRIM_HORIZON) => Some(Checkpoint::TrimHorizon),
             Some(SHARD_END) => Some(Checkpoint::ShardEnd),
+            Some(AT_TIMESTAMP) => {
+                let millis = number(TIMESTAMP)?
+                    .ok_or_else(|| bad(&format!("AT_TIMESTAMP without a time for {shard}")))?;
+                let millis =
+                    i64::try_from(millis).map_err(|_| bad(&format!("a checkpoint time of {millis}")))?;
+                Some(Checkpoint::AtTimestamp(tributary_core::Timestamp::from_millis(
+                    millis,
+                )))
+            }
             Some(sequence) if !sequence.is_empty() && sequence.bytes().all(|b| b.is_ascii_digit()) => {
                 let sub = number(SUB_SEQUENCE)?.unwrap_or(0);
                 let sub = u32::try_from(sub).map_err(|_| bad(&format!("a sub-sequence of {sub}")))?;
@@ -170,15 +181,20 @@ impl DynamoLeaseStore {
     }
 }
 
-/// The checkpoint as the table holds it: the sequence number (or a sentinel) and the
-/// sub-sequence number.
-fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<(String, u32)> {
+/// The checkpoint as the table holds it: the sequence number (or a sentinel), the
+/// sub-sequence number, and the time of an AT_TIMESTAMP start.
+fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<(String, u32, Option<u64>)> {
     Ok(match checkpoint {
-        Checkpoint::TrimHorizon => (TRIM_HORIZON.to_string(), 0),
-        Checkpoint::ShardEnd => (SHARD_END.to_string(), 0),
+        Checkpoint::TrimHorizon => (TRIM_HORIZON.to_string(), 0, None),
+        Checkpoint::ShardEnd => (SHARD_END.to_string(), 0, None),
+        Checkpoint::AtTimestamp(t) => (
+            AT_TIMESTAMP.to_string(),
+            0,
+            Some(u64::try_from(t.as_millis()).unwrap_or(0)),
+        ),
         Checkpoint::After(offset) => {
             let position = KinesisPosition::from_offset(offset)?;
-            (position.sequence_number, position.sub_sequence)
+            (position.sequence_number, position.sub_sequence, None)
         }
     })
 }
@@ -251,10 +267,13 @@ impl LeaseStore for DynamoLeaseStore {
             put = put.item(OWNER, s(owner));
         }
         if let Some(checkpoint) = &lease.checkpoint {
-            let (sequence, sub) = encode_checkpoint(checkpoint)?;
+            let (sequence, sub, millis) = encode_checkpoint(checkpoint)?;
             put = put
                 .item(CHECKPOINT, s(sequence))
                 .item(SUB_SEQUENCE, n(u64::from(sub)));
+            if let Some(millis) = millis {
+                put = put.item(TIMESTAMP, n(millis));
+            }
         }
         if !lease.parents.is_empty() {
             put = put.item(
@@ -319,7 +338,12 @@ impl LeaseStore for DynamoLeaseStore {
             names.insert("#pending".into(), PENDING.into());
         }
         if let Some(checkpoint) = checkpoint_to {
-            let (sequence, sub) = encode_checkpoint(checkpoint)?;
+            let (sequence, sub, millis) = encode_checkpoint(checkpoint)?;
+            if let Some(millis) = millis {
+                set.push("#ts = :ts".into());
+                names.insert("#ts".into(), TIMESTAMP.into());
+                values.insert(":ts".into(), n(millis));
+            }
             set.push("#cp = :cp".into());
             set.push("#sub = :sub".into());
             names.insert("#cp".into(), CHECKPOINT.into());

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
-use tributary_core::{Error, ErrorKind, PartitionId, Result};
+use tributary_core::{Error, ErrorKind, PartitionId, Result, StartFrom, Timestamp};
 
 use crate::Shared;
 use crate::leases::{Checkpoint, Lease, LeaseChange, LeaseStore};
@@ -32,27 +32,36 @@ pub(crate) struct Held {
     pub(crate) handoff_to: Option<String>,
     /// When the handoff request was first seen.
     handoff_seen: Option<Instant>,
+    /// Which holding of the lease this is: a lease lost and taken again gets a new
+    /// one, so work done under the old holding (acks, checkpoints) is refused.
+    pub(crate) tenure: u64,
 }
 
 /// What the consumer reads of the keeper's state.
 #[derive(Debug, Default)]
 pub(crate) struct Holdings {
     pub(crate) held: BTreeMap<PartitionId, Held>,
+    /// A failure retrying will not fix (the table or stream is gone, access denied),
+    /// for the consumer to report.
+    pub(crate) failure: Option<Error>,
 }
 
 /// What the consumer asks of the keeper.
 pub(crate) enum Request {
-    /// Records progress on a held lease.
+    /// Records progress on a held lease (`SHARD_END` also releases it).
     Checkpoint {
         shard: PartitionId,
+        tenure: u64,
         checkpoint: Checkpoint,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// Passes a held lease to the member that asked for it (or to no one), with a
-    /// last checkpoint.
+    /// Passes a held lease to the member that asked for it (or, with `release`, to no
+    /// one), with a last checkpoint.
     HandOver {
         shard: PartitionId,
+        tenure: u64,
         checkpoint: Option<Checkpoint>,
+        release: bool,
         reply: oneshot::Sender<Result<()>>,
     },
     /// Releases every lease (the consumer is closing) and stops.
@@ -107,7 +116,13 @@ pub(crate) struct Keeper {
     stream: Arc<str>,
     store: Arc<dyn LeaseStore>,
     worker: Arc<str>,
+    /// Where the consumer starts shards the group never read.
+    start: StartFrom,
     failover: Duration,
+    /// The tenure the next lease taken gets.
+    next_tenure: u64,
+    /// A shard ended: list shards and look for children at once.
+    scan_soon: bool,
     holdings: Arc<Mutex<Holdings>>,
     changed: Arc<Notify>,
     observed: BTreeMap<PartitionId, Observed>,
@@ -119,7 +134,12 @@ pub(crate) struct Keeper {
 
 impl Keeper {
     /// A keeper for a new member of the group; nothing is read or written yet.
-    pub(crate) fn new(shared: Arc<Shared>, stream: Arc<str>, store: Arc<dyn LeaseStore>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        stream: Arc<str>,
+        store: Arc<dyn LeaseStore>,
+        start: StartFrom,
+    ) -> Self {
         let worker: Arc<str> = format!("tributary-{}-{:016x}", std::process::id(), fastrand::u64(..)).into();
         Self {
             failover: shared.config.failover,
@@ -127,6 +147,9 @@ impl Keeper {
             stream,
             store,
             worker,
+            start,
+            next_tenure: 1,
+            scan_soon: false,
             holdings: Arc::new(Mutex::new(Holdings::default())),
             changed: Arc::new(Notify::new()),
             observed: BTreeMap::new(),
@@ -172,15 +195,39 @@ impl Keeper {
                         let _ = reply.send(self.release_all().await);
                         return;
                     }
-                    Some(request) => self.handle(request).await,
+                    Some(request) => {
+                        self.handle(request).await;
+                        if std::mem::take(&mut self.scan_soon) {
+                            next_scan = Instant::now();
+                        }
+                    }
                     None => return,
                 },
                 _ = renew.tick() => self.renew_all().await,
                 () = tokio::time::sleep_until(next_scan) => {
                     if let Err(e) = self.scan().await {
                         tracing::warn!(stream = %self.stream, worker = %self.worker, "lease scan failed: {e}");
+                        if !e.is_retryable() {
+                            self.with_holdings(|h| h.failure = Some(e));
+                            self.changed.notify_one();
+                        }
                     }
-                    next_scan = Instant::now() + jittered(scan_every);
+                    // While waiting for a lease it asked for, the member looks again
+                    // soon, so a group evens out in a few hand-overs, not scans.
+                    let pause = if self.waiting_for_handoff(Instant::now()) {
+                        scan_every / 4
+                    } else {
+                        jittered(scan_every)
+                    };
+                    next_scan = Instant::now() + pause;
+                    // Look again just after another member's lease would expire, so a
+                    // crashed member's shards move within 1.6 × failover of its last
+                    // renewal, not up to a whole scan interval later.
+                    // (Never sooner than a tenth of it: an expired lease this member
+                    // does not take must not make it scan in a loop.)
+                    if let Some(expiry) = self.next_expiry() {
+                        next_scan = next_scan.min(expiry.max(Instant::now() + self.failover / 10));
+                    }
                 }
             }
         }
@@ -199,17 +246,20 @@ impl Keeper {
     }
 
     /// Records a successful write to a held lease, sent at `sent`.
-    fn confirm(&self, lease: Lease, sent: Instant) {
+    fn confirm(&mut self, lease: Lease, sent: Instant) {
         let valid_until = sent + self.failover;
         let now = Instant::now();
+        let tenure = self.next_tenure;
+        let mut is_new = false;
         let changed = self.with_holdings(|h| {
             let entry = h.held.entry(lease.shard.clone());
-            let is_new = matches!(entry, std::collections::btree_map::Entry::Vacant(_));
+            is_new = matches!(entry, std::collections::btree_map::Entry::Vacant(_));
             let held = entry.or_insert_with(|| Held {
                 lease: lease.clone(),
                 valid_until,
                 handoff_to: None,
                 handoff_seen: None,
+                tenure,
             });
             let asked_before = held.handoff_to.is_some();
             held.handoff_to = lease.pending_owner.clone();
@@ -222,6 +272,9 @@ impl Keeper {
             held.valid_until = valid_until;
             is_new || asked_before != held.handoff_to.is_some()
         });
+        if is_new {
+            self.next_tenure += 1;
+        }
         if changed {
             self.changed.notify_one();
         }
@@ -235,13 +288,19 @@ impl Keeper {
         }
     }
 
-    /// Writes `change` to a held lease; a write refused on its condition means the
-    /// lease moved on, and it is dropped.
-    async fn write(&self, shard: &PartitionId, change: &LeaseChange) -> Result<Lease> {
-        let Some(held) = self.held(shard) else {
+    /// Writes `change` to a held lease (of the given tenure, when one is given); a
+    /// write refused on its condition means the lease moved on, and it is dropped.
+    async fn write(
+        &mut self,
+        shard: &PartitionId,
+        tenure: Option<u64>,
+        change: &LeaseChange,
+    ) -> Result<Lease> {
+        let held = self.held(shard).filter(|h| tenure.is_none_or(|t| t == h.tenure));
+        let Some(held) = held else {
             return Err(Error::new(
                 ErrorKind::NotAssigned,
-                format!("shard {shard} is not leased to this member"),
+                format!("shard {shard} is not leased to this member (any more)"),
             ));
         };
         if held.valid_until <= Instant::now() {
@@ -273,6 +332,7 @@ impl Keeper {
         match request {
             Request::Checkpoint {
                 shard,
+                tenure,
                 checkpoint,
                 reply,
             } => {
@@ -286,30 +346,35 @@ impl Keeper {
                     LeaseChange::Checkpoint(checkpoint)
                 };
                 let ended = matches!(change, LeaseChange::Transfer { .. });
-                let result = self.write(&shard, &change).await.map(drop);
-                if ended && result.is_ok() {
+                let result = self.write(&shard, Some(tenure), &change).await.map(drop);
+                if ended {
+                    // Also when the outcome is unknown: the lease may be released
+                    // already. If it was not, the next scan finds it still owned here
+                    // and reads the shard's end again.
                     self.drop_lease(&shard, "read to its end");
                     // Its children can be read now: make their leases and take them.
                     self.synced = None;
-                    if let Err(e) = self.scan().await {
-                        tracing::debug!(stream = %self.stream, "lease scan after {shard} ended: {e}");
-                    }
+                    self.scan_soon = true;
                 }
                 let _ = reply.send(result);
             }
             Request::HandOver {
                 shard,
+                tenure,
                 checkpoint,
+                release,
                 reply,
             } => {
-                let to = self.held(&shard).and_then(|h| h.handoff_to);
+                let to = match release {
+                    true => None,
+                    false => self.held(&shard).and_then(|h| h.handoff_to),
+                };
                 let result = self
-                    .write(&shard, &LeaseChange::Transfer { to, checkpoint })
+                    .write(&shard, Some(tenure), &LeaseChange::Transfer { to, checkpoint })
                     .await
                     .map(drop);
-                if result.is_ok() {
-                    self.drop_lease(&shard, "handed over to balance the group");
-                }
+                // Also when the outcome is unknown: the new owner may be reading.
+                self.drop_lease(&shard, "handed over");
                 let _ = reply.send(result);
             }
             Request::ReleaseAll { reply } => {
@@ -324,7 +389,7 @@ impl Keeper {
         for shard in shards {
             let to = self.held(&shard).and_then(|h| h.handoff_to);
             match self
-                .write(&shard, &LeaseChange::Transfer { to, checkpoint: None })
+                .write(&shard, None, &LeaseChange::Transfer { to, checkpoint: None })
                 .await
             {
                 Ok(_) => self.drop_lease(&shard, "released on close"),
@@ -353,20 +418,25 @@ impl Keeper {
                 tracing::info!(stream = %self.stream, shard = %h.lease.shard, "not renewing a lease whose handoff is overdue");
                 continue;
             }
-            renewals.push(h.lease.shard);
+            renewals.push(h.lease);
         }
-        let this = &*self;
+        let store = &self.store;
+        let sent = Instant::now();
         let results = futures::future::join_all(
             renewals
                 .iter()
-                .map(|shard| async move { (shard, this.write(shard, &LeaseChange::Renew).await) }),
+                .map(|lease| async move { (lease, store.update(lease, &LeaseChange::Renew).await) }),
         )
         .await;
-        for (shard, result) in results {
-            if let Err(e) = result
-                && e.kind() != ErrorKind::NotAssigned
-            {
-                tracing::debug!(stream = %self.stream, %shard, "renewing a lease: {e}");
+        for (lease, result) in results {
+            match result {
+                Ok(renewed) => self.confirm(renewed, sent),
+                Err(e) if e.kind() == ErrorKind::NotAssigned => {
+                    self.drop_lease(&lease.shard, "another member holds it now");
+                }
+                Err(e) => {
+                    tracing::debug!(stream = %self.stream, shard = %lease.shard, "renewing a lease: {e}")
+                }
             }
         }
         let expired: Vec<PartitionId> = self.with_holdings(|h| {
@@ -385,14 +455,15 @@ impl Keeper {
     /// to this member's share, and asks for one when the group is uneven.
     pub(crate) async fn scan(&mut self) -> Result<()> {
         let mut leases = self.store.list().await?;
-        let now = Instant::now();
         let due = self
             .synced
-            .is_none_or(|at| now.duration_since(at) >= self.shared.config.shard_refresh);
+            .is_none_or(|at| at.elapsed() >= self.shared.config.shard_refresh);
         if due {
             self.sync_shards(&mut leases).await?;
-            self.synced = Some(now);
+            self.synced = Some(Instant::now());
         }
+        // After the last read: a counter must not look older than it is.
+        let now = Instant::now();
         self.observe(&leases, now);
         // Leases handed to this member (or left owned by it) start with a renewal: the
         // write's send time bounds how long the member may read.
@@ -404,6 +475,16 @@ impl Keeper {
             .collect();
         for lease in mine_unknown {
             let sent = Instant::now();
+            if lease.pending_owner.is_some() {
+                // Asked for while this member did not hold it (a hand-over whose
+                // outcome was unknown): pass it on rather than read it again.
+                let to = lease.pending_owner.clone();
+                let change = LeaseChange::Transfer { to, checkpoint: None };
+                if let Err(e) = self.store.update(&lease, &change).await {
+                    tracing::debug!(stream = %self.stream, shard = %lease.shard, "passing a lease on: {e}");
+                }
+                continue;
+            }
             if let Ok(renewed) = self.store.update(&lease, &LeaseChange::Renew).await {
                 self.confirm(renewed, sent);
             }
@@ -423,11 +504,8 @@ impl Keeper {
                 Err(e) => return Err(e),
             }
         }
-        let waiting = self.asked.as_ref().is_some_and(|(shard, at)| {
-            now.duration_since(*at) < self.failover * 2 && self.held(shard).is_none()
-        });
         if let Some(lease) = plan.ask
-            && !waiting
+            && !self.waiting_for_handoff(now)
         {
             let change = LeaseChange::RequestHandoff {
                 to: self.worker.to_string(),
@@ -442,6 +520,23 @@ impl Keeper {
             }
         }
         Ok(())
+    }
+
+    /// When the first lease of another member expires unless renewed meanwhile.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.observed
+            .values()
+            .filter(|o| o.owner.as_ref().is_some_and(|owner| **owner != *self.worker))
+            .map(|o| o.since + self.failover + Duration::from_millis(10))
+            .min()
+    }
+
+    /// Whether a lease this member asked for has neither come nor been given up on
+    /// (after twice the failover time).
+    fn waiting_for_handoff(&self, now: Instant) -> bool {
+        self.asked.as_ref().is_some_and(|(shard, at)| {
+            now.duration_since(*at) < self.failover * 2 && self.held(shard).is_none()
+        })
     }
 
     fn observe(&mut self, leases: &[Lease], now: Instant) {
@@ -475,12 +570,19 @@ impl Keeper {
             }
             // A shard made by a reshard the group already reads holds only records the
             // group has not seen: from its start. Shards the group finds on its first
-            // look start where the consumer config says.
-            let checkpoint = shard
-                .parents
-                .iter()
-                .any(|p| before.contains(p))
-                .then_some(Checkpoint::TrimHorizon);
+            // look start where the consumer config says; a start at the end is fixed
+            // now (closed shards have nothing after it), so that a lease changing
+            // hands before its first checkpoint skips nothing.
+            let checkpoint = if shard.parents.iter().any(|p| before.contains(p)) {
+                Some(Checkpoint::TrimHorizon)
+            } else if self.start == StartFrom::Latest {
+                Some(match shard.is_open() {
+                    true => Checkpoint::AtTimestamp(Timestamp::now()),
+                    false => Checkpoint::ShardEnd,
+                })
+            } else {
+                None
+            };
             let lease = Lease::new(shard.id, shard.parents, checkpoint);
             if self.store.create(&lease).await? {
                 leases.push(lease);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
 
-use tributary_core::{Error, ErrorKind, Offset, PartitionId, Result, async_trait};
+use tributary_core::{Error, ErrorKind, Offset, PartitionId, Result, Timestamp, async_trait};
 
 /// One shard's lease, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +54,10 @@ pub enum Checkpoint {
     /// From the shard's oldest record (a shard created by a reshard after the group
     /// started: it holds only records the group has not seen).
     TrimHorizon,
+    /// From the records that arrived at or after this time: where a group that starts
+    /// at the end (`StartFrom::Latest`) starts a shard, fixed when the group first saw
+    /// it, so that a lease changing hands before any checkpoint skips nothing.
+    AtTimestamp(Timestamp),
     /// Everything up to and including this offset was processed.
     After(Offset),
     /// The shard is closed and every record of it was processed: its children may be

@@ -151,8 +151,11 @@ impl KinesisBackend {
     }
 
     /// The lease store the members of `group` reading `stream` use (as configured:
-    /// DynamoDB or this backend's memory), for inspecting or repairing leases.
-    pub fn lease_store(&self, stream: &str, group: &str) -> Arc<dyn LeaseStore> {
+    /// DynamoDB or this process's memory), for inspecting or repairing leases.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad stream or group name.
+    pub fn lease_store(&self, stream: &str, group: &str) -> Result<Arc<dyn LeaseStore>> {
         consumer::lease_store(&self.shared, stream, group)
     }
 
