@@ -1242,9 +1242,10 @@ impl Consumer for KinesisConsumer {
         if self.closed {
             return Ok(());
         }
-        let committed = match self.group.is_some() {
-            true => self.commit_group().await,
-            false => Ok(()),
+        let committed = if self.group.is_some() {
+            self.commit_group().await
+        } else {
+            Ok(())
         };
         self.closed = true;
         self.coordinator.abort();

@@ -191,12 +191,12 @@ impl Keeper {
         loop {
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(Request::ReleaseAll { reply }) => {
-                        let _ = reply.send(self.release_all().await);
-                        return;
-                    }
                     Some(request) => {
+                        let closing = matches!(request, Request::ReleaseAll { .. });
                         self.handle(request).await;
+                        if closing {
+                            return;
+                        }
                         if std::mem::take(&mut self.scan_soon) {
                             next_scan = Instant::now();
                         }
@@ -336,7 +336,8 @@ impl Keeper {
                 checkpoint,
                 reply,
             } => {
-                let change = if checkpoint == Checkpoint::ShardEnd {
+                let ended = checkpoint == Checkpoint::ShardEnd;
+                let change = if ended {
                     // An ended shard needs no reader: the lease is released with it.
                     LeaseChange::Transfer {
                         to: None,
@@ -345,7 +346,6 @@ impl Keeper {
                 } else {
                     LeaseChange::Checkpoint(checkpoint)
                 };
-                let ended = matches!(change, LeaseChange::Transfer { .. });
                 let result = self.write(&shard, Some(tenure), &change).await.map(drop);
                 if ended {
                     // Also when the outcome is unknown: the lease may be released
