@@ -1,0 +1,289 @@
+//! Bridging one engine into another: read a stream as a consumer-group member, write
+//! each batch to a stream of another (or the same) engine, and commit the batch at the
+//! source only once the destination confirmed all of it.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tributary_core::{
+    Consumer, ConsumerConfig, Error, ErrorKind, Producer, ProducerConfig, Received, Record, Result,
+    StartFrom, Timestamp, validate_group_name, validate_stream_name,
+};
+
+use crate::client::Client;
+
+/// What to mirror and how. Built with [`MirrorOptions::new`]; every field has a sound
+/// default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MirrorOptions {
+    /// The stream read at the source.
+    pub source_stream: String,
+    /// The stream written at the destination (it must exist).
+    pub destination_stream: String,
+    /// The source consumer group whose commits make the mirror resumable. Two mirrors
+    /// with the same group split the source's partitions between them.
+    pub group: String,
+    /// Where partitions without a commit of `group` start (default: earliest).
+    pub start: StartFrom,
+    /// Most records read, written and committed as one batch (default 500).
+    pub batch: usize,
+    /// Stop after this many records were mirrored (default: no limit).
+    pub max_records: Option<u64>,
+    /// Stop once no record arrived for this long (default: run until stopped).
+    pub stop_when_idle: Option<Duration>,
+    /// How often progress is reported (default 1 s).
+    pub progress_every: Duration,
+    /// Consecutive failed sends of one batch, each retried after a growing pause (up to
+    /// 5 s), before the mirror gives up with the last error (default 20).
+    pub send_attempts: u32,
+}
+
+impl MirrorOptions {
+    /// Mirrors `source_stream` into `destination_stream` as member of `group`.
+    pub fn new(
+        source_stream: impl Into<String>,
+        destination_stream: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Self {
+        Self {
+            source_stream: source_stream.into(),
+            destination_stream: destination_stream.into(),
+            group: group.into(),
+            start: StartFrom::Earliest,
+            batch: 500,
+            max_records: None,
+            stop_when_idle: None,
+            progress_every: Duration::from_secs(1),
+            send_attempts: 20,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_stream_name(&self.source_stream)?;
+        validate_stream_name(&self.destination_stream)?;
+        validate_group_name(&self.group)?;
+        if self.batch == 0 {
+            return Err(Error::invalid_config("mirror batch must be at least 1 record"));
+        }
+        if self.send_attempts == 0 {
+            return Err(Error::invalid_config("mirror send_attempts must be at least 1"));
+        }
+        if self.progress_every.is_zero() {
+            return Err(Error::invalid_config("mirror progress_every must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+/// A mirror's running totals, reported every [`MirrorOptions::progress_every`] and at
+/// the end.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MirrorProgress {
+    /// Records written to the destination and committed at the source.
+    pub mirrored: u64,
+    /// Records sent again after a send failed or timed out with an unknown outcome;
+    /// some of them may be in the destination twice.
+    pub resent: u64,
+    /// Time since the mirror started.
+    pub elapsed: Duration,
+    /// Records per second since the previous report.
+    pub records_per_sec: f64,
+    /// Source bytes (key + value) per second since the previous report.
+    pub bytes_per_sec: f64,
+    /// How far behind the source the mirror is: zero when the last read found nothing
+    /// new, else the age of the newest record mirrored. `None` before the first read.
+    pub lag: Option<Duration>,
+}
+
+/// Mirrors `options.source_stream` of `source` into `options.destination_stream` of
+/// `destination` until `stop` resolves, `max_records` were mirrored, or the source was
+/// idle for `stop_when_idle`. Calls `on_progress` every `progress_every` and returns
+/// the final totals.
+///
+/// Guarantees: at-least-once. A batch is committed at the source (group
+/// `options.group`) only after the destination confirmed every record of it, so a
+/// mirror killed at any point and started again resumes at the last committed batch:
+/// nothing is lost, and what was written after that commit is written again (counted
+/// by nobody: the destination has those records twice). Keys, values, headers and
+/// timestamps are kept; destination partitions follow the destination's own
+/// partitioner, so each key's records stay in order there. Records with headers need a
+/// destination that keeps them (for Kinesis, `headers_envelope = true`), else the
+/// mirror stops with the destination's `InvalidInput` error and commits nothing of
+/// that batch.
+///
+/// # Errors
+/// `InvalidConfig` for bad options; `NotFound` when either stream is missing; the
+/// source's poll or commit errors; the destination's send error when it is not
+/// retryable or still failing after `send_attempts` tries. Nothing of the failed batch
+/// is committed.
+///
+/// Cancel safety: not cancel safe — dropping the future mid-send leaves records written
+/// but not committed (they are mirrored again on restart). Resolve `stop` instead: the
+/// mirror then finishes the batch in hand, commits it and closes both sides.
+pub async fn mirror(
+    source: &Client,
+    destination: &Client,
+    options: &MirrorOptions,
+    stop: impl Future<Output = ()>,
+    mut on_progress: impl FnMut(&MirrorProgress),
+) -> Result<MirrorProgress> {
+    options.validate()?;
+    // Fail fast, naming the stream, rather than on the first send.
+    destination
+        .admin()
+        .await?
+        .describe_stream(&options.destination_stream)
+        .await
+        .map_err(|e| with_context(e, "destination", &options.destination_stream))?;
+    let config =
+        ConsumerConfig::group(&options.source_stream, &options.group).start_from(options.start.clone());
+    let mut consumer = source
+        .consumer(config)
+        .await
+        .map_err(|e| with_context(e, "source", &options.source_stream))?;
+    let producer = destination
+        .backend()
+        .producer(ProducerConfig::default().with_client_id("tributary-mirror"))
+        .await?;
+    let outcome = run(&mut *consumer, &*producer, options, stop, &mut on_progress).await;
+    // Close both whatever happened: the consumer commits nothing more than was acked
+    // (every acked record is confirmed at the destination) and leaves its group.
+    let closed = consumer.close().await;
+    let producer_closed = producer.close().await;
+    let progress = outcome?;
+    closed?;
+    producer_closed?;
+    on_progress(&progress);
+    Ok(progress)
+}
+
+async fn run(
+    consumer: &mut dyn Consumer,
+    producer: &dyn Producer,
+    options: &MirrorOptions,
+    stop: impl Future<Output = ()>,
+    on_progress: &mut impl FnMut(&MirrorProgress),
+) -> Result<MirrorProgress> {
+    let started = Instant::now();
+    let mut progress = MirrorProgress::default();
+    let (mut reported_at, mut reported_records, mut bytes_since_report) = (started, 0u64, 0u64);
+    let mut last_record_at = started;
+    let poll_timeout = Duration::from_millis(200);
+    tokio::pin!(stop);
+    loop {
+        let remaining = options
+            .max_records
+            .map(|max| max.saturating_sub(progress.mirrored));
+        if remaining == Some(0) {
+            break;
+        }
+        let want = remaining.map_or(options.batch, |r| {
+            options.batch.min(r.try_into().unwrap_or(usize::MAX))
+        });
+        // poll is cancel safe, so a stop arriving while waiting loses nothing.
+        let batch = tokio::select! {
+            biased;
+            () = &mut stop => break,
+            batch = consumer.poll(want, poll_timeout) => batch?,
+        };
+        if batch.is_empty() {
+            progress.lag = Some(Duration::ZERO);
+            if options
+                .stop_when_idle
+                .is_some_and(|idle| last_record_at.elapsed() >= idle)
+            {
+                break;
+            }
+        } else {
+            last_record_at = Instant::now();
+            let newest = batch.iter().filter_map(|r| r.timestamp).max();
+            bytes_since_report += batch
+                .iter()
+                .map(|r| r.value.len() + r.key.as_ref().map_or(0, |k| k.len()))
+                .sum::<usize>() as u64;
+            progress.resent += send_batch(producer, options, &batch).await?;
+            for record in &batch {
+                consumer.ack(&record.partition, &record.offset)?;
+            }
+            match consumer.commit().await {
+                Ok(()) => {}
+                // The partition moved to another member after a rebalance; that member
+                // resumes from the previous commit and writes this batch again.
+                Err(e) if e.kind() == ErrorKind::NotAssigned => {
+                    tracing::warn!(error = %e, "mirror batch written but its partition moved before the commit");
+                }
+                Err(e) => return Err(with_context(e, "source", &options.source_stream)),
+            }
+            progress.mirrored += batch.len() as u64;
+            progress.lag = Some(newest.map_or(Duration::ZERO, age));
+        }
+        if reported_at.elapsed() >= options.progress_every {
+            let now = Instant::now();
+            let secs = now.duration_since(reported_at).as_secs_f64();
+            progress.elapsed = now.duration_since(started);
+            progress.records_per_sec = (progress.mirrored - reported_records) as f64 / secs;
+            progress.bytes_per_sec = bytes_since_report as f64 / secs;
+            on_progress(&progress);
+            (reported_at, reported_records, bytes_since_report) = (now, progress.mirrored, 0);
+        }
+    }
+    let secs = reported_at.elapsed().as_secs_f64().max(f64::EPSILON);
+    progress.records_per_sec = (progress.mirrored - reported_records) as f64 / secs;
+    progress.bytes_per_sec = bytes_since_report as f64 / secs;
+    progress.elapsed = started.elapsed();
+    Ok(progress)
+}
+
+/// Writes one polled batch, resending what a failed send hands back. Returns how many
+/// records were sent again.
+async fn send_batch(producer: &dyn Producer, options: &MirrorOptions, batch: &[Received]) -> Result<u64> {
+    let mut records: Vec<Record> = batch.iter().map(copy_record).collect();
+    let mut resent = 0u64;
+    let mut pause = Duration::from_millis(50);
+    for attempt in 1..=options.send_attempts {
+        match producer.send(&options.destination_stream, records).await {
+            Ok(_) => return Ok(resent),
+            Err(failed) => {
+                if !failed.is_retryable() || attempt == options.send_attempts {
+                    return Err(with_context(
+                        failed.error,
+                        "destination",
+                        &options.destination_stream,
+                    ));
+                }
+                tracing::warn!(error = %failed.error, unsent = failed.unsent.len(), attempt, "mirror send failed; resending what was not confirmed");
+                resent += failed.unsent.len() as u64;
+                records = failed.unsent;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    Ok(resent)
+}
+
+/// The record to write for one read: same key, value, headers and timestamp; the
+/// partition is left to the destination's partitioner.
+fn copy_record(received: &Received) -> Record {
+    Record {
+        key: received.key.clone(),
+        value: received.value.clone(),
+        headers: received.headers.clone(),
+        timestamp: received.timestamp,
+        partition: None,
+    }
+}
+
+fn age(timestamp: Timestamp) -> Duration {
+    let millis = Timestamp::now().as_millis().saturating_sub(timestamp.as_millis());
+    Duration::from_millis(millis.max(0).try_into().unwrap_or(0))
+}
+
+fn with_context(e: Error, side: &str, stream: &str) -> Error {
+    let message = format!("mirror {side} stream {stream:?}: {}", e.message());
+    Error::new(e.kind(), message)
+        .with_retryable(e.is_retryable())
+        .with_source(e)
+}
