@@ -30,7 +30,8 @@ pub struct MirrorOptions {
     pub batch: usize,
     /// Stop after this many records were mirrored (default: no limit).
     pub max_records: Option<u64>,
-    /// Stop once no record arrived for this long (default: run until stopped).
+    /// Stop once no record arrived for this long while the mirror held partitions (or
+    /// waited two minutes for them) (default: run until stopped).
     pub stop_when_idle: Option<Duration>,
     /// How often progress is reported (default 1 s).
     pub progress_every: Duration,
@@ -88,9 +89,10 @@ pub struct MirrorProgress {
     pub resent: u64,
     /// Time since the mirror started.
     pub elapsed: Duration,
-    /// Records per second since the previous report.
+    /// Records per second since the previous report (in the final totals: over the
+    /// whole run).
     pub records_per_sec: f64,
-    /// Source bytes (key + value) per second since the previous report.
+    /// Source bytes (key + value) per second, over the same span as `records_per_sec`.
     pub bytes_per_sec: f64,
     /// How far behind the source the mirror is: zero when the last read found nothing
     /// new, else the age of the newest record mirrored. `None` before the first read.
@@ -159,6 +161,9 @@ pub async fn mirror(
     Ok(progress)
 }
 
+/// The longest the idle clock waits for the group to assign partitions.
+const ASSIGNMENT_WAIT: Duration = Duration::from_secs(120);
+
 async fn run(
     consumer: &mut dyn Consumer,
     producer: &dyn Producer,
@@ -169,6 +174,7 @@ async fn run(
     let started = Instant::now();
     let mut progress = MirrorProgress::default();
     let (mut reported_at, mut reported_records, mut bytes_since_report) = (started, 0u64, 0u64);
+    let mut total_bytes = 0u64;
     let mut last_record_at = started;
     let poll_timeout = Duration::from_millis(200);
     tokio::pin!(stop);
@@ -190,6 +196,11 @@ async fn run(
         };
         if batch.is_empty() {
             progress.lag = Some(Duration::ZERO);
+            // Idle counts from when the mirror holds partitions: a restarted member may
+            // wait for its group (a killed predecessor's session) before it gets any.
+            if consumer.assignment().is_empty() && started.elapsed() < ASSIGNMENT_WAIT {
+                last_record_at = Instant::now();
+            }
             if options
                 .stop_when_idle
                 .is_some_and(|idle| last_record_at.elapsed() >= idle)
@@ -199,10 +210,12 @@ async fn run(
         } else {
             last_record_at = Instant::now();
             let newest = batch.iter().filter_map(|r| r.timestamp).max();
-            bytes_since_report += batch
+            let bytes = batch
                 .iter()
                 .map(|r| r.value.len() + r.key.as_ref().map_or(0, |k| k.len()))
                 .sum::<usize>() as u64;
+            bytes_since_report += bytes;
+            total_bytes += bytes;
             progress.resent += send_batch(producer, options, &batch).await?;
             for record in &batch {
                 consumer.ack(&record.partition, &record.offset)?;
@@ -229,10 +242,11 @@ async fn run(
             (reported_at, reported_records, bytes_since_report) = (now, progress.mirrored, 0);
         }
     }
-    let secs = reported_at.elapsed().as_secs_f64().max(f64::EPSILON);
-    progress.records_per_sec = (progress.mirrored - reported_records) as f64 / secs;
-    progress.bytes_per_sec = bytes_since_report as f64 / secs;
+    // The final totals: rates over the whole run.
     progress.elapsed = started.elapsed();
+    let secs = progress.elapsed.as_secs_f64().max(f64::EPSILON);
+    progress.records_per_sec = progress.mirrored as f64 / secs;
+    progress.bytes_per_sec = total_bytes as f64 / secs;
     Ok(progress)
 }
 

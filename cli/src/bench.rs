@@ -133,7 +133,10 @@ struct Counters {
 
 pub(crate) async fn run(args: BenchArgs, client: Client, io: &mut Io) -> Result<(), CliError> {
     let stream = format!("trib-bench-{:08x}", fastrand::u32(..));
-    let admin = client.admin().await.map_err(|e| CliError::engine("opening admin", &e))?;
+    let admin = client
+        .admin()
+        .await
+        .map_err(|e| CliError::engine("opening admin", &e))?;
     admin
         .create_stream(&StreamSpec::new(&stream).with_partitions(args.partitions))
         .await
@@ -182,12 +185,22 @@ async fn measure(args: &BenchArgs, client: &Client, stream: &str, io: &mut Io) -
         } else {
             ConsumerConfig::broadcast(stream)
         };
-        consumers.push(client.consumer(config).await.map_err(|e| CliError::engine("opening a consumer", &e))?);
+        consumers.push(
+            client
+                .consumer(config)
+                .await
+                .map_err(|e| CliError::engine("opening a consumer", &e))?,
+        );
     }
     wait_for_assignment(&mut consumers, args.partitions).await?;
     let mut producers = Vec::new();
     for _ in 0..args.producers {
-        producers.push(client.producer().await.map_err(|e| CliError::engine("opening a producer", &e))?);
+        producers.push(
+            client
+                .producer()
+                .await
+                .map_err(|e| CliError::engine("opening a producer", &e))?,
+        );
     }
 
     let counters = Arc::new(Counters::default());
@@ -334,7 +347,8 @@ async fn wait_for_assignment(consumers: &mut [Box<dyn Consumer>], partitions: u3
         let assigned: usize = consumers.iter().map(|c| c.assignment().len()).sum();
         // Every member holding some partition: the group's first assignments settled,
         // so no partition moves (and is read twice) during the run.
-        let everyone = consumers.len() > partitions as usize || consumers.iter().all(|c| !c.assignment().is_empty());
+        let everyone =
+            consumers.len() > partitions as usize || consumers.iter().all(|c| !c.assignment().is_empty());
         if assigned >= partitions as usize && everyone {
             return Ok(());
         }
@@ -415,13 +429,20 @@ async fn produce(
             .send(&plan.stream, records)
             .await
             .map_err(|e| CliError::engine("sending", &e.error))?;
-        latency.saturating_record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1));
+        latency.saturating_record(
+            u64::try_from(started.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
         sent += size;
         counters.produced.fetch_add(size, Ordering::SeqCst);
         // An engine in this process (memory) answers at once; let the consumers run.
         tokio::task::yield_now().await;
     }
-    producer.close().await.map_err(|e| CliError::engine("closing a producer", &e))?;
+    producer
+        .close()
+        .await
+        .map_err(|e| CliError::engine("closing a producer", &e))?;
     Ok(latency)
 }
 
@@ -454,7 +475,10 @@ async fn consume(
         counters.consumed.fetch_add(batch.len() as u64, Ordering::SeqCst);
         counters.last_consumed_micros.fetch_max(now, Ordering::SeqCst);
     }
-    consumer.close().await.map_err(|e| CliError::engine("closing a consumer", &e))?;
+    consumer
+        .close()
+        .await
+        .map_err(|e| CliError::engine("closing a consumer", &e))?;
     Ok(latency)
 }
 

@@ -52,7 +52,11 @@ impl Session {
         let before = config.clone();
         adjust(&mut config);
         // A changed config is another client: the unchanged one may be in use.
-        let name = if config == before { name } else { format!("{name} (adjusted)") };
+        let name = if config == before {
+            name
+        } else {
+            format!("{name} (adjusted)")
+        };
         self.connect(name, config).await
     }
 
@@ -149,14 +153,16 @@ fn read_file(path: &Path) -> Result<toml::Table, CliError> {
 
 fn connection(path: &Path, file: &toml::Table, name: &str) -> Result<(String, Config), CliError> {
     let connections = file.get("connections").and_then(|c| c.as_table());
-    let names = || {
-        connections.map_or_else(String::new, |c| c.keys().cloned().collect::<Vec<_>>().join(", "))
-    };
+    let names = || connections.map_or_else(String::new, |c| c.keys().cloned().collect::<Vec<_>>().join(", "));
     let Some(entry) = connections.and_then(|c| c.get(name)) else {
         return Err(CliError::usage(format!(
             "{} has no connection {name:?} (it has: {})",
             path.display(),
-            if names().is_empty() { "none".to_owned() } else { names() }
+            if names().is_empty() {
+                "none".to_owned()
+            } else {
+                names()
+            }
         )));
     };
     let Some(entry) = entry.as_table() else {
@@ -165,9 +171,8 @@ fn connection(path: &Path, file: &toml::Table, name: &str) -> Result<(String, Co
             path.display()
         )));
     };
-    let invalid = |e: tributary::Error| {
-        CliError::engine(&format!("{}: connection {name:?}", path.display()), &e)
-    };
+    let invalid =
+        |e: tributary::Error| CliError::engine(&format!("{}: connection {name:?}", path.display()), &e);
     let config = match entry.get("url") {
         Some(url) => {
             if entry.len() > 1 {

@@ -74,7 +74,9 @@ pub(crate) fn parse_start(text: &str) -> Result<StartFrom, String> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_err(|_| format!("time {t:?} is before 1970"))?
                 .as_millis();
-            Ok(StartFrom::Timestamp(Timestamp::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))))
+            Ok(StartFrom::Timestamp(Timestamp::from_millis(
+                i64::try_from(millis).unwrap_or(i64::MAX),
+            )))
         }
         Some(("ago", d)) => {
             let ago = humantime::parse_duration(d).map_err(|e| format!("bad duration {d:?}: {e}"))?;
@@ -87,7 +89,11 @@ pub(crate) fn parse_start(text: &str) -> Result<StartFrom, String> {
 pub(crate) async fn run(args: ConsumeArgs, client: Client, io: &mut Io) -> Result<(), CliError> {
     let format = match (&args.template, args.format) {
         (Some(template), Format::Raw | Format::Template) => Printer::Template(Template::parse(template)?),
-        (Some(_), Format::Json) => return Err(CliError::usage("--template goes with --format template, not json")),
+        (Some(_), Format::Json) => {
+            return Err(CliError::usage(
+                "--template goes with --format template, not json",
+            ));
+        }
         (None, Format::Template) => return Err(CliError::usage("--format template needs --template TEXT")),
         (None, Format::Raw) => Printer::Raw,
         (None, Format::Json) => Printer::Json,
@@ -126,7 +132,8 @@ pub(crate) async fn run(args: ConsumeArgs, client: Client, io: &mut Io) -> Resul
             if batch.is_empty() {
                 if !args.follow {
                     let since = *idle_since.get_or_insert_with(Instant::now);
-                    let assigned = !consumer.assignment().is_empty() || started.elapsed() > Duration::from_secs(30);
+                    let assigned =
+                        !consumer.assignment().is_empty() || started.elapsed() > Duration::from_secs(30);
                     if !assigned {
                         idle_since = None;
                     } else if since.elapsed() >= args.idle {
@@ -141,7 +148,9 @@ pub(crate) async fn run(args: ConsumeArgs, client: Client, io: &mut Io) -> Resul
                     .print(record, &mut io.stdout)
                     .map_err(|e| CliError::io("writing standard output", &e))?;
             }
-            io.stdout.flush().map_err(|e| CliError::io("writing standard output", &e))?;
+            io.stdout
+                .flush()
+                .map_err(|e| CliError::io("writing standard output", &e))?;
             printed += batch.len() as u64;
             if grouped {
                 for record in &batch {
@@ -149,7 +158,10 @@ pub(crate) async fn run(args: ConsumeArgs, client: Client, io: &mut Io) -> Resul
                         .ack(&record.partition, &record.offset)
                         .map_err(|e| CliError::engine("acknowledging", &e))?;
                 }
-                consumer.commit().await.map_err(|e| CliError::engine("committing", &e))?;
+                consumer
+                    .commit()
+                    .await
+                    .map_err(|e| CliError::engine("committing", &e))?;
             }
         }
     }
@@ -173,8 +185,11 @@ impl Printer {
                 out.write_all(b"\n")
             }
             Self::Json => {
-                let headers: serde_json::Map<String, serde_json::Value> =
-                    r.headers.iter().map(|(n, v)| (n.to_owned(), bytes_json(v))).collect();
+                let headers: serde_json::Map<String, serde_json::Value> = r
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.to_owned(), bytes_json(v)))
+                    .collect();
                 let line = serde_json::json!({
                     "stream": &*r.stream,
                     "partition": r.partition.as_str(),
@@ -267,7 +282,9 @@ impl Template {
                     parts.push(part);
                 }
                 '}' => {
-                    return Err(CliError::usage(format!("template {text:?}: a lone }} (write }}}} for one)")));
+                    return Err(CliError::usage(format!(
+                        "template {text:?}: a lone }} (write }}}} for one)"
+                    )));
                 }
                 c => literal.push(c),
             }
@@ -321,7 +338,10 @@ mod tests {
         );
         for bad in ["{nope}", r"\q", "a } b", "{header.}"] {
             let e = Template::parse(bad).err().map(|e| (e.code, e.message));
-            assert!(matches!(&e, Some((2, m)) if m.contains("template")), "{bad}: {e:?}");
+            assert!(
+                matches!(&e, Some((2, m)) if m.contains("template")),
+                "{bad}: {e:?}"
+            );
         }
     }
 

@@ -19,6 +19,8 @@ pub(crate) fn completions(shell: clap_complete::Shell, io: &mut Io) -> Result<()
 pub(crate) fn man_pages(dir: &Path, io: &mut Io) -> Result<(), CliError> {
     std::fs::create_dir_all(dir).map_err(|e| CliError::io(&format!("creating {}", dir.display()), &e))?;
     let command = Cli::command();
-    clap_mangen::generate_to(command, dir).map_err(|e| CliError::io(&format!("writing man pages to {}", dir.display()), &e))?;
-    writeln!(io.stderr, "wrote man pages to {}", dir.display()).map_err(|e| CliError::io("writing standard error", &e))
+    clap_mangen::generate_to(command, dir)
+        .map_err(|e| CliError::io(&format!("writing man pages to {}", dir.display()), &e))?;
+    writeln!(io.stderr, "wrote man pages to {}", dir.display())
+        .map_err(|e| CliError::io("writing standard error", &e))
 }

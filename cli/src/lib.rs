@@ -131,6 +131,9 @@ pub async fn run(cli: Cli, io: &mut Io, session: &mut Session) -> Result<(), Cli
         Command::Completions { shell } => generate::completions(shell, io),
         Command::Man { dir } => generate::man_pages(&dir, io),
     };
-    let flushed = io.stdout.flush().map_err(|e| CliError::io("writing standard output", &e));
+    let flushed = io
+        .stdout
+        .flush()
+        .map_err(|e| CliError::io("writing standard output", &e));
     outcome.and(flushed)
 }

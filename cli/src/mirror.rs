@@ -54,7 +54,12 @@ fn split_endpoint(text: &str) -> (Option<&str>, &str) {
     }
 }
 
-pub(crate) async fn run(args: MirrorArgs, target: &Target, session: &mut Session, io: &mut Io) -> Result<(), CliError> {
+pub(crate) async fn run(
+    args: MirrorArgs,
+    target: &Target,
+    session: &mut Session,
+    io: &mut Io,
+) -> Result<(), CliError> {
     let (source_engine, source_stream) = split_endpoint(&args.source);
     let (destination_engine, destination_stream) = split_endpoint(&args.destination);
     let envelope = !args.no_envelope;
@@ -70,13 +75,19 @@ pub(crate) async fn run(args: MirrorArgs, target: &Target, session: &mut Session
         .clone()
         .unwrap_or_else(|| format!("trib-mirror-{destination_stream}"));
     let mut options = MirrorOptions::new(source_stream, destination_stream, group);
-    options.start = if args.from == "latest" { StartFrom::Latest } else { StartFrom::Earliest };
+    options.start = if args.from == "latest" {
+        StartFrom::Latest
+    } else {
+        StartFrom::Earliest
+    };
     options.batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
     options.max_records = args.count;
     options.stop_when_idle = args.idle;
-    options.progress_every = args
-        .interval
-        .unwrap_or(if io.terminal { Duration::from_secs(1) } else { Duration::from_secs(5) });
+    options.progress_every = args.interval.unwrap_or(if io.terminal {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    });
     let bar = (io.terminal && !args.json).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(200));

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Args;
-use tributary::{Client, ErrorKind, Producer, Record};
 use tokio::sync::mpsc;
+use tributary::{Client, ErrorKind, Producer, Record};
 
 use crate::Io;
 use crate::error::CliError;
@@ -54,13 +54,16 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
         .await
         .map_err(|e| CliError::engine(&format!("stream {:?}", args.stream), &e))?;
     let input: Box<dyn BufRead + Send> = match &args.file {
-        Some(path) => Box::new(std::io::BufReader::new(std::fs::File::open(path).map_err(|e| {
-            CliError::usage(format!("cannot read {}: {e}", path.display()))
-        })?)),
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?,
+        )),
         None => std::mem::replace(&mut io.stdin, Box::new(std::io::empty())),
     };
     let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
-    let batch = args.rate.map_or(batch, |rate| batch.min(usize::try_from(rate / 20).unwrap_or(1).max(1)));
+    let batch = args.rate.map_or(batch, |rate| {
+        batch.min(usize::try_from(rate / 20).unwrap_or(1).max(1))
+    });
     let (lines_tx, mut lines) = mpsc::channel::<Line>(batch * 2);
     let shape = Shape {
         key: args.key.clone().map(Bytes::from),
@@ -69,7 +72,10 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
     };
     // Reading blocks; a thread of its own lets lines typed at a terminal go out at once.
     let reader = tokio::task::spawn_blocking(move || read_lines(input, &shape, &lines_tx));
-    let producer = client.producer().await.map_err(|e| CliError::engine("opening a producer", &e))?;
+    let producer = client
+        .producer()
+        .await
+        .map_err(|e| CliError::engine("opening a producer", &e))?;
     let started = Instant::now();
     let mut produced = 0u64;
     let mut failure = None;
@@ -105,8 +111,12 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
     drop(lines);
     let closed = producer.close().await;
     let elapsed = started.elapsed().as_secs_f64();
-    writeln!(io.stderr, "produced {produced} records to {} in {elapsed:.2} s", args.stream)
-        .map_err(|e| CliError::io("writing standard error", &e))?;
+    writeln!(
+        io.stderr,
+        "produced {produced} records to {} in {elapsed:.2} s",
+        args.stream
+    )
+    .map_err(|e| CliError::io("writing standard error", &e))?;
     if let Some(failure) = failure {
         // The reader may be blocked on a terminal; the process exit ends it.
         return Err(failure);
@@ -123,7 +133,9 @@ async fn send(producer: &dyn Producer, stream: &str, mut records: Vec<Record>) -
     for attempt in 1..=10 {
         match producer.send(stream, records).await {
             Ok(_) => return Ok(()),
-            Err(failed) if failed.is_retryable() && failed.kind() != ErrorKind::Indeterminate && attempt < 10 => {
+            Err(failed)
+                if failed.is_retryable() && failed.kind() != ErrorKind::Indeterminate && attempt < 10 =>
+            {
                 tracing::warn!(error = %failed.error, unsent = failed.unsent.len(), "send failed; retrying");
                 records = failed.unsent;
                 tokio::time::sleep(pause).await;
@@ -161,7 +173,11 @@ fn json_pointer(field: &str) -> String {
 
 /// Reads lines until the input ends, the receiver is gone, or a line is malformed
 /// (which is sent as the last item).
-fn read_lines(mut input: Box<dyn BufRead + Send>, shape: &Shape, out: &mpsc::Sender<Line>) -> Result<(), CliError> {
+fn read_lines(
+    mut input: Box<dyn BufRead + Send>,
+    shape: &Shape,
+    out: &mpsc::Sender<Line>,
+) -> Result<(), CliError> {
     let mut number = 0u64;
     let mut line = Vec::new();
     loop {
@@ -190,12 +206,16 @@ fn read_lines(mut input: Box<dyn BufRead + Send>, shape: &Shape, out: &mpsc::Sen
 fn to_record(line: &[u8], shape: &Shape) -> Result<Record, String> {
     let mut record = Record::new(Bytes::copy_from_slice(line));
     if let Some(pointer) = &shape.key_field {
-        let value: serde_json::Value =
-            serde_json::from_slice(line).map_err(|e| format!("not JSON ({e}), but --key-field needs a JSON object"))?;
+        let value: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| format!("not JSON ({e}), but --key-field needs a JSON object"))?;
         let key = match value.pointer(pointer) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Null) | None => {
-                return Err(format!("no key field {:?} in {}", pointer_to_field(pointer), preview(line)));
+                return Err(format!(
+                    "no key field {:?} in {}",
+                    pointer_to_field(pointer),
+                    preview(line)
+                ));
             }
             Some(other) => other.to_string(),
         };
@@ -244,9 +264,13 @@ mod tests {
 
     #[test]
     fn malformed_lines_say_what_is_wrong() {
-        let e = to_record(b"not json", &shape(Some("user"))).err().unwrap_or_default();
+        let e = to_record(b"not json", &shape(Some("user")))
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("not JSON"), "{e}");
-        let e = to_record(br#"{"other":1}"#, &shape(Some("user.id"))).err().unwrap_or_default();
+        let e = to_record(br#"{"other":1}"#, &shape(Some("user.id")))
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("no key field \"user.id\""), "{e}");
     }
 }

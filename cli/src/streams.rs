@@ -59,11 +59,17 @@ pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
 }
 
 pub(crate) async fn run(command: StreamsCommand, client: Client, io: &mut Io) -> Result<(), CliError> {
-    let admin = client.admin().await.map_err(|e| CliError::engine("opening admin", &e))?;
+    let admin = client
+        .admin()
+        .await
+        .map_err(|e| CliError::engine("opening admin", &e))?;
     let out = |e: std::io::Error| CliError::io("writing standard output", &e);
     match command {
         StreamsCommand::List => {
-            let mut names = admin.list_streams().await.map_err(|e| CliError::engine("listing streams", &e))?;
+            let mut names = admin
+                .list_streams()
+                .await
+                .map_err(|e| CliError::engine("listing streams", &e))?;
             names.sort();
             for name in names {
                 writeln!(io.stdout, "{name}").map_err(out)?;
@@ -106,10 +112,9 @@ pub(crate) async fn run(command: StreamsCommand, client: Client, io: &mut Io) ->
             }
         }
         StreamsCommand::SetPartitions { name, count } => {
-            admin
-                .set_partitions(&name, count)
-                .await
-                .map_err(|e| CliError::engine(&format!("setting the partitions of {name:?} to {count}"), &e))?;
+            admin.set_partitions(&name, count).await.map_err(|e| {
+                CliError::engine(&format!("setting the partitions of {name:?} to {count}"), &e)
+            })?;
             writeln!(io.stderr, "stream {name} now has {count} open partitions").map_err(out)?;
         }
     }
@@ -117,17 +122,28 @@ pub(crate) async fn run(command: StreamsCommand, client: Client, io: &mut Io) ->
 }
 
 fn print_table(info: &StreamInfo, out: &mut dyn Write) -> std::io::Result<()> {
-    let retention = info
-        .retention
-        .map_or_else(|| "engine default".to_owned(), |r| humantime::format_duration(r).to_string());
-    writeln!(out, "stream {}  partitions {}  retention {retention}", info.name, info.partitions.len())?;
-    writeln!(out, "{:<28} {:<7} {:>22} {:>22}  parents", "partition", "state", "low", "high")?;
+    let retention = info.retention.map_or_else(
+        || "engine default".to_owned(),
+        |r| humantime::format_duration(r).to_string(),
+    );
+    writeln!(
+        out,
+        "stream {}  partitions {}  retention {retention}",
+        info.name,
+        info.partitions.len()
+    )?;
+    writeln!(
+        out,
+        "{:<28} {:<7} {:>22} {:>22}  parents",
+        "partition", "state", "low", "high"
+    )?;
     for p in &info.partitions {
         let state = match p.state {
             PartitionState::Open => "open",
             PartitionState::Closed => "closed",
         };
-        let offset = |o: &Option<tributary::Offset>| o.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
+        let offset =
+            |o: &Option<tributary::Offset>| o.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
         let parents: Vec<&str> = p.parents.iter().map(|id| id.as_str()).collect();
         writeln!(
             out,
@@ -135,7 +151,11 @@ fn print_table(info: &StreamInfo, out: &mut dyn Write) -> std::io::Result<()> {
             p.id.as_str(),
             offset(&p.low),
             offset(&p.high),
-            if parents.is_empty() { "-".to_owned() } else { parents.join(",") }
+            if parents.is_empty() {
+                "-".to_owned()
+            } else {
+                parents.join(",")
+            }
         )?;
     }
     Ok(())
