@@ -116,7 +116,7 @@ pub struct MirrorProgress {
 /// that batch.
 ///
 /// # Errors
-/// `InvalidConfig` for bad options; `NotFound` when either stream is missing; the
+/// `InvalidConfig` for bad options or a stream mirrored into itself; `NotFound` when either stream is missing; the
 /// source's poll or commit errors; the destination's send error when it is not
 /// retryable or still failing after `send_attempts` tries. Nothing of the failed batch
 /// is committed.
@@ -139,16 +139,29 @@ pub async fn mirror(
         .describe_stream(&options.destination_stream)
         .await
         .map_err(|e| with_context(e, "destination", &options.destination_stream))?;
-    let config =
-        ConsumerConfig::group(&options.source_stream, &options.group).start_from(options.start.clone());
-    let mut consumer = source
-        .consumer(config)
-        .await
-        .map_err(|e| with_context(e, "source", &options.source_stream))?;
+    if std::sync::Arc::ptr_eq(source.backend(), destination.backend())
+        && options.source_stream == options.destination_stream
+    {
+        return Err(Error::invalid_config(format!(
+            "mirror source and destination are the same stream {:?} of one engine: it would copy its own copies forever",
+            options.source_stream
+        )));
+    }
+    // The producer first: a consumer dropped without close would hold its partitions
+    // (or leases) until its session lapsed.
     let producer = destination
         .backend()
         .producer(ProducerConfig::default().with_client_id("tributary-mirror"))
         .await?;
+    let config =
+        ConsumerConfig::group(&options.source_stream, &options.group).start_from(options.start.clone());
+    let mut consumer = match source.consumer(config).await {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            let _ = producer.close().await;
+            return Err(with_context(e, "source", &options.source_stream));
+        }
+    };
     let outcome = run(&mut *consumer, &*producer, options, stop, &mut on_progress).await;
     // Close both whatever happened: the consumer commits nothing more than was acked
     // (every acked record is confirmed at the destination) and leaves its group.
@@ -218,7 +231,13 @@ async fn run(
             total_bytes += bytes;
             progress.resent += send_batch(producer, options, &batch).await?;
             for record in &batch {
-                consumer.ack(&record.partition, &record.offset)?;
+                match consumer.ack(&record.partition, &record.offset) {
+                    Ok(()) => {}
+                    // Its partition moved on; the new holder copies it again from the
+                    // last commit.
+                    Err(e) if e.kind() == ErrorKind::NotAssigned => {}
+                    Err(e) => return Err(with_context(e, "source", &options.source_stream)),
+                }
             }
             match consumer.commit().await {
                 Ok(()) => {}
@@ -226,6 +245,10 @@ async fn run(
                 // resumes from the previous commit and writes this batch again.
                 Err(e) if e.kind() == ErrorKind::NotAssigned => {
                     tracing::warn!(error = %e, "mirror batch written but its partition moved before the commit");
+                }
+                // The acks are kept: the next commit covers them.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "mirror commit failed; the next one covers this batch");
                 }
                 Err(e) => return Err(with_context(e, "source", &options.source_stream)),
             }
@@ -260,7 +283,10 @@ async fn send_batch(producer: &dyn Producer, options: &MirrorOptions, batch: &[R
         match producer.send(&options.destination_stream, records).await {
             Ok(_) => return Ok(resent),
             Err(failed) => {
-                if !failed.is_retryable() || attempt == options.send_attempts {
+                // An unknown outcome is resent too: at-least-once, and `resent` says how
+                // many records may now be at the destination twice.
+                let resendable = failed.is_retryable() || failed.kind() == ErrorKind::Indeterminate;
+                if !resendable || attempt == options.send_attempts {
                     return Err(with_context(
                         failed.error,
                         "destination",

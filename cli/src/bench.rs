@@ -261,7 +261,10 @@ async fn measure(args: &BenchArgs, client: &Client, stream: &str, io: &mut Io) -
                 failure.get_or_insert(e);
             }
             Err(e) => {
-                failure.get_or_insert(CliError::usage(format!("a producer task failed: {e}")));
+                failure.get_or_insert(CliError {
+                    code: 1,
+                    message: format!("a producer task failed: {e}"),
+                });
             }
         }
     }
@@ -293,7 +296,10 @@ async fn measure(args: &BenchArgs, client: &Client, stream: &str, io: &mut Io) -
                 failure.get_or_insert(e);
             }
             Err(e) => {
-                failure.get_or_insert(CliError::usage(format!("a consumer task failed: {e}")));
+                failure.get_or_insert(CliError {
+                    code: 1,
+                    message: format!("a consumer task failed: {e}"),
+                });
             }
         }
     }

@@ -117,14 +117,14 @@ pub(crate) async fn run(args: ConsumeArgs, client: Client, io: &mut Io) -> Resul
     tokio::pin!(interrupted);
     let outcome: Result<(), CliError> = async {
         loop {
-            let remaining = args.count.map(|n| n - printed);
+            let remaining = args.count.map(|n| n.saturating_sub(printed));
             if remaining == Some(0) {
                 return Ok(());
             }
             let max = remaining.map_or(500, |r| r.min(500) as usize);
             let batch = tokio::select! {
                 biased;
-                _ = &mut interrupted => return Ok(()),
+                Ok(()) = &mut interrupted => return Ok(()),
                 batch = consumer.poll(max, Duration::from_millis(250)) => {
                     batch.map_err(|e| CliError::engine(&format!("reading stream {:?}", args.stream), &e))?
                 }
@@ -258,7 +258,20 @@ impl Template {
                     literal.push('}');
                 }
                 '{' => {
-                    let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed {
+                        return Err(CliError::usage(format!(
+                            "template {text:?}: {{{name} is not closed (write {{{{ for a lone {{)"
+                        )));
+                    }
                     let part = match name.as_str() {
                         "stream" => Part::Stream,
                         "partition" => Part::Partition,
@@ -336,7 +349,7 @@ mod tests {
                 Part::Text("\n".into()),
             ]))
         );
-        for bad in ["{nope}", r"\q", "a } b", "{header.}"] {
+        for bad in ["{nope}", r"\q", "a } b", "{header.}", "{value"] {
             let e = Template::parse(bad).err().map(|e| (e.code, e.message));
             assert!(
                 matches!(&e, Some((2, m)) if m.contains("template")),

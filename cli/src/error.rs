@@ -8,7 +8,7 @@ use tributary::{Error, ErrorKind};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CliError {
     /// The exit code: 1 engine or system failure, 2 bad usage, configuration or input,
-    /// 3 not found, 4 already exists, 130 interrupted.
+    /// 3 not found, 4 already exists.
     pub code: u8,
     /// What went wrong, for a person.
     pub message: String,

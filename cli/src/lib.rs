@@ -44,8 +44,8 @@ TRIBUTARY_CONNECTION, then the `default` connection of the config file
 (--config, else ./tributary.toml, else ~/.config/tributary/tributary.toml).
 
 Exit codes: 0 done; 1 the engine or the system failed; 2 bad usage, configuration
-or input; 3 a stream (or other named thing) does not exist; 4 it already exists;
-130 interrupted.";
+or input; 3 a stream (or other named thing) does not exist; 4 it already exists.
+Ctrl-C stops consume and mirror cleanly (commit, leave the group) with 0.";
 
 /// Where commands connect to.
 #[derive(Clone, Debug, Default, Args)]

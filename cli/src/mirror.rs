@@ -18,7 +18,8 @@ pub struct MirrorArgs {
     /// The destination, in the same forms; the stream must exist.
     pub destination: String,
     /// The source consumer group that records the mirror's progress (default:
-    /// trib-mirror-DESTINATION_STREAM). A mirror started again with the same group
+    /// trib-mirror-DESTINATION_STREAM-HASH, HASH of the destination's URL or connection
+    /// as written). A mirror started again with the same group
     /// resumes where the last one committed; two running ones share the partitions.
     #[arg(short, long)]
     pub group: Option<String>,
@@ -70,10 +71,15 @@ pub(crate) async fn run(
     };
     let source = session.client_for(target, source_engine, adjust).await?;
     let destination = session.client_for(target, destination_engine, adjust).await?;
-    let group = args
-        .group
-        .clone()
-        .unwrap_or_else(|| format!("trib-mirror-{destination_stream}"));
+    // The default group names the destination, engine included: mirrors of one source
+    // into same-named streams of two engines must not share (and split) a group.
+    let group = args.group.clone().unwrap_or_else(|| {
+        let engine = destination_engine.unwrap_or_default();
+        format!(
+            "trib-mirror-{destination_stream}-{:08x}",
+            tributary::murmur2(engine.as_bytes()) as u32
+        )
+    });
     let mut options = MirrorOptions::new(source_stream, destination_stream, group);
     options.start = if args.from == "latest" {
         StartFrom::Latest

@@ -121,9 +121,10 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
         // The reader may be blocked on a terminal; the process exit ends it.
         return Err(failure);
     }
-    reader
-        .await
-        .map_err(|e| CliError::usage(format!("reading input failed: {e}")))??;
+    reader.await.map_err(|e| CliError {
+        code: 1,
+        message: format!("reading input failed: {e}"),
+    })??;
     closed.map_err(|e| CliError::engine("closing the producer", &e))
 }
 

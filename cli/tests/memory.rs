@@ -190,6 +190,9 @@ async fn mirror_between_streams_of_one_engine_keeps_keys_headers_and_order() {
     assert_eq!(code, 0);
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(last["mirrored"], 0, "{out}");
+    let (code, _, err) = trib(&mut s, &["mirror", "from", "from", "--idle", "300ms"], "").await;
+    assert_eq!(code, 2, "a stream into itself: {err}");
+    assert!(err.contains("same stream"), "{err}");
     let (code, _, err) = trib(&mut s, &["mirror", "from", "nowhere", "--idle", "300ms"], "").await;
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("destination stream \"nowhere\""), "{err}");

@@ -63,6 +63,14 @@ fn mirror_killed(source: &str, destination: &str, group: &str, kill_after: u64) 
             break;
         }
     }
+    assert!(
+        reported >= kill_after,
+        "the mirror ended before reporting {kill_after} records"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the mirror is still running when killed"
+    );
     // Somewhere in the next batch: before, during or after its send or commit.
     std::thread::sleep(std::time::Duration::from_millis(fastrand::u64(0..40)));
     child.kill().expect("SIGKILL");
