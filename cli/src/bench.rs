@@ -127,7 +127,6 @@ struct Counters {
     consumed: AtomicU64,
     /// Microseconds since the start when the last record was consumed.
     last_consumed_micros: AtomicU64,
-    producers_done: AtomicBool,
     stop_consumers: AtomicBool,
 }
 
@@ -156,11 +155,11 @@ pub(crate) async fn run(args: BenchArgs, client: Client, io: &mut Io) -> Result<
         print_report(&report, &mut io.stdout).map_err(|e| CliError::io("writing standard output", &e))?;
     }
     if let Some(consume) = &report.consume {
-        let expected = if report.consumer_mode == "broadcast" {
-            report.produce.records * u64::from(report.consumers)
-        } else {
-            report.produce.records
-        };
+        let expected = expected_consumed(
+            report.consumer_mode == "group",
+            report.produce.records,
+            report.consumers,
+        );
         if consume.records < expected {
             return Err(CliError {
                 code: 1,
@@ -250,32 +249,11 @@ async fn measure(args: &BenchArgs, client: &Client, stream: &str, io: &mut Io) -
         })
     });
 
-    let mut send_latency = histogram();
     let mut failure = None;
-    for task in producer_tasks {
-        match task.await {
-            Ok(Ok(h)) => {
-                send_latency.add(h).ok();
-            }
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(e) => {
-                failure.get_or_insert(CliError {
-                    code: 1,
-                    message: format!("a producer task failed: {e}"),
-                });
-            }
-        }
-    }
+    let send_latency = join(producer_tasks, "producer", &mut failure).await;
     let produce_secs = epoch.elapsed().as_secs_f64();
-    counters.producers_done.store(true, Ordering::SeqCst);
     let produced = counters.produced.load(Ordering::SeqCst);
-    let expected = if grouped {
-        produced
-    } else {
-        produced * u64::from(args.consumers)
-    };
+    let expected = expected_consumed(grouped, produced, args.consumers);
     let drain_until = Instant::now() + args.drain_timeout;
     while args.consumers > 0
         && counters.consumed.load(Ordering::SeqCst) < expected
@@ -286,23 +264,7 @@ async fn measure(args: &BenchArgs, client: &Client, stream: &str, io: &mut Io) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     counters.stop_consumers.store(true, Ordering::SeqCst);
-    let mut end_to_end = histogram();
-    for task in consumer_tasks {
-        match task.await {
-            Ok(Ok(h)) => {
-                end_to_end.add(h).ok();
-            }
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(e) => {
-                failure.get_or_insert(CliError {
-                    code: 1,
-                    message: format!("a consumer task failed: {e}"),
-                });
-            }
-        }
-    }
+    let end_to_end = join(consumer_tasks, "consumer", &mut failure).await;
     if let Some(task) = ticker {
         task.abort();
     }
@@ -340,6 +302,43 @@ async fn measure(args: &BenchArgs, client: &Client, stream: &str, io: &mut Io) -
         }),
         end_to_end_latency_ms: (args.consumers > 0).then(|| Percentiles::of(&end_to_end)),
     })
+}
+
+/// Records the consumers must receive in all: each once for a group, every record by
+/// every reader otherwise.
+fn expected_consumed(grouped: bool, produced: u64, consumers: u32) -> u64 {
+    if grouped {
+        produced
+    } else {
+        produced * u64::from(consumers)
+    }
+}
+
+/// Waits for the tasks and merges their histograms; the first failure goes to `failure`.
+async fn join(
+    tasks: Vec<tokio::task::JoinHandle<Result<Histogram<u64>, CliError>>>,
+    role: &str,
+    failure: &mut Option<CliError>,
+) -> Histogram<u64> {
+    let mut merged = histogram();
+    for task in tasks {
+        match task.await {
+            Ok(Ok(h)) => {
+                // Same bounds on both sides, so adding cannot fail.
+                merged.add(h).ok();
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(CliError {
+                    code: 1,
+                    message: format!("a {role} task failed: {e}"),
+                });
+            }
+        }
+    }
+    merged
 }
 
 /// Polls the consumers until their assignments cover the stream (joining a group takes

@@ -68,7 +68,11 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
     let shape = Shape {
         key: args.key.clone().map(Bytes::from),
         key_field: args.key_field.as_deref().map(json_pointer),
-        headers: args.headers.clone(),
+        headers: args
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), Bytes::from(v.clone())))
+            .collect(),
     };
     // Reading blocks; a thread of its own lets lines typed at a terminal go out at once.
     let reader = tokio::task::spawn_blocking(move || read_lines(input, &shape, &lines_tx));
@@ -161,7 +165,7 @@ async fn send(producer: &dyn Producer, stream: &str, mut records: Vec<Record>) -
 struct Shape {
     key: Option<Bytes>,
     key_field: Option<String>,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, Bytes)>,
 }
 
 /// `a.b` as the JSON pointer `/a/b`.
@@ -250,7 +254,7 @@ mod tests {
         Shape {
             key: None,
             key_field: key_field.map(json_pointer),
-            headers: vec![("source".into(), "cli".into())],
+            headers: vec![("source".into(), Bytes::from_static(b"cli"))],
         }
     }
 

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use tributary::{Client, Record, StreamSpec};
 
@@ -35,7 +35,7 @@ fn keyed_records() -> Vec<Record> {
 /// Runs `trib mirror SRC DST` and kills it once it reported at least `kill_after`
 /// records; returns how many it had reported.
 fn mirror_killed(source: &str, destination: &str, group: &str, kill_after: u64) -> u64 {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trib"))
+    let mut child = common::trib_command()
         .args([
             "mirror",
             source,
@@ -48,9 +48,6 @@ fn mirror_killed(source: &str, destination: &str, group: &str, kill_after: u64) 
             "--interval",
             "50ms",
         ])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdout(Stdio::piped())
         .spawn()
         .expect("trib mirror starts");
@@ -81,7 +78,7 @@ fn mirror_killed(source: &str, destination: &str, group: &str, kill_after: u64) 
 
 /// Runs the mirror to the end (until the source is idle) and returns its last report.
 fn mirror_to_end(source: &str, destination: &str, group: &str) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_trib"))
+    let out = common::trib_command()
         .args([
             "mirror",
             source,
@@ -94,9 +91,6 @@ fn mirror_to_end(source: &str, destination: &str, group: &str) -> serde_json::Va
             "--idle",
             "5s",
         ])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .expect("trib mirror runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

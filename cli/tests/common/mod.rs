@@ -29,7 +29,7 @@ pub fn trib(url: &str, args: &[&str], stdin: &str) -> Run {
 /// Runs `trib ARGS` in `dir` with extra environment variables (and without the
 /// caller's TRIBUTARY_* ones).
 pub fn trib_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_trib"));
+    let mut command = trib_command();
     command
         .args(args)
         .current_dir(dir)
@@ -37,10 +37,6 @@ pub fn trib_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str], stdin
         .env_remove("TRIBUTARY_CONNECTION")
         .env("HOME", dir)
         .env_remove("XDG_CONFIG_HOME")
-        // The emulators accept any credentials; nothing reaches AWS.
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -64,6 +60,17 @@ pub fn trib_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str], stdin
     };
     eprintln!("trib {args:?} -> {}\n{}", run.code, run.stderr.trim_end());
     run
+}
+
+/// The `trib` binary with the emulators' test credentials (they accept any; nothing
+/// reaches AWS).
+pub fn trib_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trib"));
+    command
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    command
 }
 
 /// `trib` that must succeed; its standard output.
