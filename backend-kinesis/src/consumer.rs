@@ -70,6 +70,9 @@ struct Membership {
     reading: BTreeMap<PartitionId, Reading>,
     /// Where a shard the group never read starts.
     start: StartFrom,
+    /// Shards this member stopped reading with acknowledged records no checkpoint
+    /// covers (their lease moved on): the next commit reports them.
+    uncommitted_losses: Vec<String>,
 }
 
 impl std::fmt::Debug for KinesisConsumer {
@@ -670,7 +673,19 @@ impl KinesisConsumer {
         // lapses meanwhile.
         let fan_out = match shared.config.reader {
             ReaderKind::Polling => None,
-            ReaderKind::FanOut => Some(fanout::Registration::register(&shared, &stream).await?),
+            ReaderKind::FanOut => {
+                // Members of a group whose leases live in DynamoDB share one stream
+                // consumer, named after their lease table (which names the stream and
+                // group); with leases in memory each process is a group of its own, so
+                // each member registers its own.
+                let shared_by = match (&config.mode, shared.config.leases) {
+                    (ConsumerMode::Group(group), LeaseStoreKind::Dynamodb) => {
+                        Some(lease_table_name(&shared, &stream, group))
+                    }
+                    _ => None,
+                };
+                Some(fanout::Registration::register(&shared, &stream, shared_by.as_deref()).await?)
+            }
         };
         let keeper = match store {
             Some(store) => {
@@ -719,6 +734,7 @@ impl KinesisConsumer {
                     acks: AckTracker::new(),
                     reading: BTreeMap::new(),
                     start: config.start.clone(),
+                    uncommitted_losses: Vec::new(),
                 };
                 for held in membership.keeper.held().into_values() {
                     let shard = held.lease.shard.clone();
@@ -816,9 +832,15 @@ impl KinesisConsumer {
     }
 
     /// Stops reading a shard whose lease this member no longer holds: its queued
-    /// records are dropped and its acknowledgements forgotten.
+    /// records are dropped and its acknowledgements forgotten (those no checkpoint
+    /// covers are noted for the next commit to report).
     fn stop_reading(&mut self, shard: &PartitionId) {
         let Some(group) = &mut self.group else { return };
+        if let Some(offset) = group.acks.committable(shard) {
+            group
+                .uncommitted_losses
+                .push(format!("{shard} (acknowledged up to {offset})"));
+        }
         group.reading.remove(shard);
         group.acks.forget(shard);
         *self.epochs.entry(shard.clone()).or_default() += 1;
@@ -854,11 +876,12 @@ impl KinesisConsumer {
         shard: &PartitionId,
         request: impl FnOnce(oneshot::Sender<Result<()>>) -> Request,
     ) {
-        let Some(group) = &self.group else { return };
-        if let Err(e) = group.keeper.ask(request).await
-            && e.kind() != ErrorKind::NotAssigned
-        {
-            tracing::warn!(stream = %self.stream, %shard, "letting a lease go: {e}");
+        let Some(group) = &mut self.group else { return };
+        match group.keeper.ask(request).await {
+            // The checkpoint written covers every acknowledged record.
+            Ok(()) => group.acks.forget(shard),
+            Err(e) if e.kind() == ErrorKind::NotAssigned => {}
+            Err(e) => tracing::warn!(stream = %self.stream, %shard, "letting a lease go: {e}"),
         }
         self.stop_reading(shard);
     }
@@ -944,6 +967,7 @@ impl KinesisConsumer {
         let Some(group) = &mut self.group else { return };
         let now = tokio::time::Instant::now();
         let held = group.keeper.held();
+        let mut unstartable = Vec::new();
         for h in held.values() {
             let shard = &h.lease.shard;
             if h.valid_until <= now || h.handoff_to.is_some() || group.reading.contains_key(shard) {
@@ -953,6 +977,7 @@ impl KinesisConsumer {
                 Ok(p) => p,
                 Err(e) => {
                     self.pending_error.get_or_insert(e);
+                    unstartable.push((shard.clone(), h.tenure));
                     continue;
                 }
             };
@@ -965,6 +990,20 @@ impl KinesisConsumer {
                 floor,
                 epoch: *epoch,
             });
+        }
+        // A lease this member cannot read is given back rather than held unread: the
+        // error is reported, and another member (or this one) tries again.
+        for (shard, tenure) in unstartable {
+            let request = |reply| Request::HandOver {
+                shard: shard.clone(),
+                tenure,
+                checkpoint: None,
+                release: true,
+                reply,
+            };
+            if let Err(e) = group.keeper.ask(request).await {
+                tracing::warn!(stream = %self.stream, %shard, "giving back a lease that cannot be read: {e}");
+            }
         }
     }
 
@@ -1000,16 +1039,50 @@ impl KinesisConsumer {
                         group.acks.committed(&shard, offset);
                     }
                 }
+                Err(e) if e.kind() == ErrorKind::NotAssigned => self.stop_reading(&shard),
                 Err(e) => {
-                    if e.kind() == ErrorKind::NotAssigned {
-                        self.stop_reading(&shard);
-                    }
                     first_error.get_or_insert(e);
                 }
             }
         }
         self.reconcile().await;
-        first_error.map_or(Ok(()), Err)
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let losses = self
+            .group
+            .as_mut()
+            .map(|g| std::mem::take(&mut g.uncommitted_losses))
+            .unwrap_or_default();
+        if losses.is_empty() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::NotAssigned,
+            format!(
+                "the leases of shards of {} moved to other members before their acknowledged records \
+                 were checkpointed; those records will be delivered again: {}",
+                self.stream,
+                losses.join(", ")
+            ),
+        ))
+    }
+
+    /// The last checkpoint of every shard read, from what is acknowledged, for the
+    /// leases released on close.
+    fn closing_checkpoints(&self) -> BTreeMap<PartitionId, (u64, Checkpoint)> {
+        let Some(group) = &self.group else {
+            return BTreeMap::new();
+        };
+        group
+            .acks
+            .all_committable()
+            .into_iter()
+            .filter_map(|(shard, offset)| {
+                let tenure = group.reading.get(&shard)?.tenure;
+                Some((shard, (tenure, Checkpoint::After(offset))))
+            })
+            .collect()
     }
 }
 
@@ -1053,15 +1126,20 @@ impl Membership {
     }
 }
 
+/// The lease table of `group` reading `stream`: the configured one or the default.
+fn lease_table_name(shared: &Shared, stream: &str, group: &str) -> String {
+    shared
+        .config
+        .lease_table
+        .clone()
+        .unwrap_or_else(|| crate::dynamo::default_table_name(stream, group))
+}
+
 /// The lease store of `group` reading `stream`, as the backend config says.
 pub(crate) fn lease_store(shared: &Arc<Shared>, stream: &str, group: &str) -> Result<Arc<dyn LeaseStore>> {
     crate::validate_stream_name(stream)?;
     tributary_core::validate_group_name(group)?;
-    let table = shared
-        .config
-        .lease_table
-        .clone()
-        .unwrap_or_else(|| crate::dynamo::default_table_name(stream, group));
+    let table = lease_table_name(shared, stream, group);
     Ok(match shared.config.leases {
         LeaseStoreKind::Dynamodb => Arc::new(crate::dynamo::DynamoLeaseStore::new(
             shared.dynamodb.clone(),
@@ -1247,6 +1325,8 @@ impl Consumer for KinesisConsumer {
         } else {
             Ok(())
         };
+        // A commit that failed for a passing reason is tried once more with the release.
+        let checkpoints = self.closing_checkpoints();
         self.closed = true;
         self.coordinator.abort();
         self.buffer.clear();
@@ -1254,7 +1334,7 @@ impl Consumer for KinesisConsumer {
             Some(group) => {
                 group
                     .keeper
-                    .ask(|reply| crate::keeper::Request::ReleaseAll { reply })
+                    .ask(|reply| Request::ReleaseAll { checkpoints, reply })
                     .await
             }
             None => Ok(()),
@@ -1262,6 +1342,29 @@ impl Consumer for KinesisConsumer {
         let deregistered = match self.fan_out.take() {
             Some(registration) => registration.release(&self.shared).await,
             None => Ok(()),
+        };
+        // Losses the commit did not get to report (it failed first for another reason).
+        let losses = self
+            .group
+            .as_mut()
+            .map(|g| std::mem::take(&mut g.uncommitted_losses))
+            .unwrap_or_default();
+        let committed = match committed {
+            Err(e) if e.kind() == ErrorKind::NotAssigned => {
+                Err(Error::new(ErrorKind::Unavailable, format!("closed, but {e}")))
+            }
+            _ if !losses.is_empty() => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "closed, but the leases of shards of {} moved to other members before their \
+                     acknowledged records were checkpointed; those records will be delivered again: {}",
+                    self.stream,
+                    losses.join(", ")
+                ),
+            )),
+            // Retried by the release, whose outcome says.
+            Err(e) if e.is_retryable() => Ok(()),
+            other => other,
         };
         committed.and(released).and(deregistered)
     }

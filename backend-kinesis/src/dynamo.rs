@@ -1,7 +1,8 @@
 //! Leases in a DynamoDB table, one item per shard. The attribute names follow the
 //! Kinesis Client Library's lease tables (`leaseKey`, `leaseOwner`, `leaseCounter`,
 //! `checkpoint`, `checkpointSubSequenceNumber`, `parentShardId`) so the table reads
-//! familiarly; `pendingOwner` is Tributary's own (handoff requests).
+//! familiarly; `pendingOwner` (handoff requests) and `ownerFailoverMillis` (the owner's
+//! failover time) are Tributary's own.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,6 +27,7 @@ const SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
 const TIMESTAMP: &str = "checkpointTimestamp";
 const PARENTS: &str = "parentShardId";
 const PENDING: &str = "pendingOwner";
+const OWNER_FAILOVER: &str = "ownerFailoverMillis";
 const TRIM_HORIZON: &str = "TRIM_HORIZON";
 const SHARD_END: &str = "SHARD_END";
 const AT_TIMESTAMP: &str = "AT_TIMESTAMP";
@@ -177,6 +179,7 @@ impl DynamoLeaseStore {
             checkpoint,
             parents,
             pending_owner: text(PENDING)?,
+            owner_failover: number(OWNER_FAILOVER)?.map(Duration::from_millis),
         })
     }
 }
@@ -205,6 +208,10 @@ fn s(value: impl Into<String>) -> AttributeValue {
 
 fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
+}
+
+fn millis(duration: Duration) -> AttributeValue {
+    n(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[async_trait]
@@ -310,10 +317,16 @@ impl LeaseStore for DynamoLeaseStore {
         let mut checkpoint_to = None;
         match change {
             LeaseChange::Renew => {}
-            LeaseChange::Take { owner } => {
+            LeaseChange::Take { owner, failover } => {
                 set.push("#owner = :new".into());
                 values.insert(":new".into(), s(owner));
                 remove.push("#pending".into());
+                set.push("#failover = :failover".into());
+                values.insert(":failover".into(), millis(*failover));
+            }
+            LeaseChange::Confirm { failover } => {
+                set.push("#failover = :failover".into());
+                values.insert(":failover".into(), millis(*failover));
             }
             LeaseChange::Checkpoint(c) => checkpoint_to = Some(c),
             LeaseChange::Transfer { to, checkpoint } => {
@@ -325,6 +338,7 @@ impl LeaseStore for DynamoLeaseStore {
                     None => remove.push("#owner".into()),
                 }
                 remove.push("#pending".into());
+                remove.push("#failover".into());
                 checkpoint_to = checkpoint.as_ref();
             }
             LeaseChange::RequestHandoff { to } => {
@@ -336,6 +350,9 @@ impl LeaseStore for DynamoLeaseStore {
         }
         if set.iter().chain(&remove).any(|e| e.contains("#pending")) {
             names.insert("#pending".into(), PENDING.into());
+        }
+        if set.iter().chain(&remove).any(|e| e.contains("#failover")) {
+            names.insert("#failover".into(), OWNER_FAILOVER.into());
         }
         if let Some(checkpoint) = checkpoint_to {
             let (sequence, sub, millis) = encode_checkpoint(checkpoint)?;

@@ -23,9 +23,34 @@ pub(crate) struct Registration {
     owned: bool,
 }
 
+/// The stream consumer every member of a group shares when none is configured, named
+/// after the group's lease table: one registration per group, as Kinesis limits a
+/// stream to 20, so members that come and go (or crash) do not pile registrations up.
+/// Readable, and unique per lease table thanks to a hash of its name.
+pub(crate) fn group_consumer_name(lease_table: &str) -> String {
+    use md5::{Digest, Md5};
+    let digest = Md5::digest(lease_table.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let clean: String = lease_table
+        .strip_prefix("tributary-")
+        .unwrap_or(lease_table)
+        .chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                true => c,
+                false => '_',
+            },
+        )
+        .take(128 - "tributary--".len() - hash.len())
+        .collect();
+    format!("tributary-{clean}-{hash}")
+}
+
 impl Registration {
-    /// Registers (or finds) the stream consumer and waits until it is ACTIVE.
-    pub(crate) async fn register(shared: &Shared, stream: &str) -> Result<Self> {
+    /// Registers (or finds) the stream consumer and waits until it is ACTIVE: the
+    /// configured one, else the one shared by the group with the lease table
+    /// `shared_by`, else one of this consumer's own.
+    pub(crate) async fn register(shared: &Shared, stream: &str, shared_by: Option<&str>) -> Result<Self> {
         let config = &shared.config;
         let client = &shared.client;
         let summary = client
@@ -38,9 +63,11 @@ impl Registration {
             .stream_description_summary()
             .map(|s| s.stream_arn().to_string())
             .ok_or_else(|| Error::new(ErrorKind::Backend, format!("Kinesis did not describe {stream}")))?;
-        let (name, owned) = match &config.fan_out_consumer {
-            Some(name) => (name.clone(), false),
-            None => (format!("tributary-{:016x}", fastrand::u64(..)), true),
+        let (name, owned) = match (&config.fan_out_consumer, shared_by) {
+            (Some(name), _) => (name.clone(), false),
+            // Kept on close: the other members read through it.
+            (None, Some(lease_table)) => (group_consumer_name(lease_table), false),
+            (None, None) => (format!("tributary-{:016x}", fastrand::u64(..)), true),
         };
         let arn = match client
             .register_stream_consumer()
@@ -253,5 +280,29 @@ pub(crate) async fn read_shard(mut cx: ReaderContext, consumer_arn: Arc<str>) ->
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_consumer_name;
+
+    #[test]
+    fn group_consumer_names_are_valid_and_distinct() {
+        let long = "t".repeat(255);
+        for table in ["orders", "a.b", "a_b", long.as_str()] {
+            let name = group_consumer_name(table);
+            assert!((1..=128).contains(&name.len()), "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')),
+                "{name}"
+            );
+        }
+        assert_ne!(group_consumer_name("a.b"), group_consumer_name("a_b"));
+        assert_eq!(group_consumer_name("orders"), group_consumer_name("orders"));
+        assert!(
+            group_consumer_name("tributary-orders-billing-0a1b2c3d").starts_with("tributary-orders-billing-")
+        );
     }
 }

@@ -6,9 +6,12 @@
 //!
 //! Safety rests on one rule: a member treats a lease as its own only until `failover`
 //! after it *sent* the last write that succeeded, while another member takes a lease
-//! only after seeing its counter unchanged for `failover`. The two windows cannot
-//! overlap, so at most one member delivers a shard's records at any time, and a member
-//! that lost a lease cannot checkpoint it (every write is conditional on the counter).
+//! only after seeing its counter unchanged for `failover` (the longer of its own and
+//! the one the owner wrote into the lease, so members configured differently keep the
+//! rule). The two windows cannot overlap, so at most one member delivers a shard's
+//! records at any time, and a member that lost a lease cannot checkpoint it (every
+//! write is conditional on the counter). Time is measured on each member's monotonic
+//! clock; wall clocks are never compared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -64,8 +67,12 @@ pub(crate) enum Request {
         release: bool,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// Releases every lease (the consumer is closing) and stops.
-    ReleaseAll { reply: oneshot::Sender<Result<()>> },
+    /// Releases every lease (the consumer is closing), each with the last checkpoint
+    /// given for its tenure, and stops.
+    ReleaseAll {
+        checkpoints: BTreeMap<PartitionId, (u64, Checkpoint)>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// The consumer's end of a running keeper.
@@ -107,6 +114,8 @@ impl Drop for KeeperHandle {
 struct Observed {
     counter: u64,
     owner: Option<String>,
+    /// The failover time its owner wrote (zero when none).
+    owner_failover: Duration,
     since: Instant,
 }
 
@@ -130,6 +139,8 @@ pub(crate) struct Keeper {
     asked: Option<(PartitionId, Instant)>,
     /// When shards were last listed to make leases for new ones.
     synced: Option<Instant>,
+    /// Shards with an unfinished lease that listings stopped naming, and since when.
+    unlisted: BTreeMap<PartitionId, Instant>,
 }
 
 impl Keeper {
@@ -155,6 +166,7 @@ impl Keeper {
             observed: BTreeMap::new(),
             asked: None,
             synced: None,
+            unlisted: BTreeMap::new(),
         }
     }
 
@@ -205,7 +217,21 @@ impl Keeper {
                 },
                 _ = renew.tick() => self.renew_all().await,
                 () = tokio::time::sleep_until(next_scan) => {
-                    if let Err(e) = self.scan().await {
+                    // Renewals wait while a scan runs: a slow store or Kinesis must not
+                    // hold them past the failover time. A scan cut short is harmless:
+                    // a lease it took without recording is found owned here and renewed
+                    // by the next one.
+                    let budget = self.failover / 3;
+                    let scanned = tokio::time::timeout(budget, self.scan()).await.unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "a lease scan took longer than a third of failover ({budget:?}); it is tried \
+                                 again (a failover this short may be too short for the lease store)"
+                            ),
+                        ))
+                    });
+                    if let Err(e) = scanned {
                         tracing::warn!(stream = %self.stream, worker = %self.worker, "lease scan failed: {e}");
                         if !e.is_retryable() {
                             self.with_holdings(|h| h.failure = Some(e));
@@ -377,30 +403,61 @@ impl Keeper {
                 self.drop_lease(&shard, "handed over");
                 let _ = reply.send(result);
             }
-            Request::ReleaseAll { reply } => {
-                let _ = reply.send(self.release_all().await);
+            Request::ReleaseAll { checkpoints, reply } => {
+                let _ = reply.send(self.release_all(checkpoints).await);
             }
         }
     }
 
-    async fn release_all(&mut self) -> Result<()> {
-        let shards: Vec<PartitionId> = self.with_holdings(|h| h.held.keys().cloned().collect());
+    /// Releases every held lease with its checkpoint from `checkpoints` (when given for
+    /// the tenure held). Fails when a checkpoint could not be written, or a lease could
+    /// not be released (it then moves after the failover time).
+    async fn release_all(&mut self, mut checkpoints: BTreeMap<PartitionId, (u64, Checkpoint)>) -> Result<()> {
+        let held: Vec<Held> = self.with_holdings(|h| h.held.values().cloned().collect());
+        let mut unwritten = Vec::new();
         let mut first_error = None;
-        for shard in shards {
-            let to = self.held(&shard).and_then(|h| h.handoff_to);
-            match self
-                .write(&shard, None, &LeaseChange::Transfer { to, checkpoint: None })
-                .await
-            {
+        for h in held {
+            let shard = h.lease.shard.clone();
+            // A checkpoint of an earlier holding stays unwritten (reported below).
+            let checkpoint = match checkpoints.remove(&shard) {
+                Some((tenure, c)) if tenure == h.tenure => Some(c),
+                Some(other) => {
+                    checkpoints.insert(shard.clone(), other);
+                    None
+                }
+                None => None,
+            };
+            let carried = checkpoint.is_some();
+            let change = LeaseChange::Transfer {
+                to: h.handoff_to,
+                checkpoint,
+            };
+            match self.write(&shard, Some(h.tenure), &change).await {
                 Ok(_) => self.drop_lease(&shard, "released on close"),
+                Err(e) if carried => unwritten.push(format!("{shard} ({e})")),
                 Err(e) if e.kind() == ErrorKind::NotAssigned => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
+        // Checkpoints of leases no longer held (in that holding) were not written either.
+        unwritten.extend(
+            checkpoints
+                .into_keys()
+                .map(|shard| format!("{shard} (lease no longer held)")),
+        );
         self.with_holdings(|h| h.held.clear());
         self.changed.notify_one();
+        if !unwritten.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "acknowledged records were not checkpointed and will be delivered again: {}",
+                    unwritten.join(", ")
+                ),
+            ));
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -475,6 +532,9 @@ impl Keeper {
             .collect();
         for lease in mine_unknown {
             let sent = Instant::now();
+            let confirm = LeaseChange::Confirm {
+                failover: self.failover,
+            };
             if lease.pending_owner.is_some() {
                 // Asked for while this member did not hold it (a hand-over whose
                 // outcome was unknown): pass it on rather than read it again.
@@ -485,7 +545,7 @@ impl Keeper {
                 }
                 continue;
             }
-            if let Ok(renewed) = self.store.update(&lease, &LeaseChange::Renew).await {
+            if let Ok(renewed) = self.store.update(&lease, &confirm).await {
                 self.confirm(renewed, sent);
             }
         }
@@ -494,6 +554,7 @@ impl Keeper {
             let sent = Instant::now();
             let change = LeaseChange::Take {
                 owner: self.worker.to_string(),
+                failover: self.failover,
             };
             match self.store.update(&lease, &change).await {
                 Ok(taken) => {
@@ -510,12 +571,14 @@ impl Keeper {
             let change = LeaseChange::RequestHandoff {
                 to: self.worker.to_string(),
             };
+            // Noted before the write: a scan cut short after the request was applied
+            // must not ask for a second lease.
+            self.asked = Some((lease.shard.clone(), now));
             match self.store.update(&lease, &change).await {
                 Ok(_) => {
                     tracing::info!(stream = %self.stream, worker = %self.worker, shard = %lease.shard, owner = ?lease.owner, "asked for a lease");
-                    self.asked = Some((lease.shard.clone(), now));
                 }
-                Err(e) if e.kind() == ErrorKind::NotAssigned => {}
+                Err(e) if e.kind() == ErrorKind::NotAssigned => self.asked = None,
                 Err(e) => return Err(e),
             }
         }
@@ -527,7 +590,7 @@ impl Keeper {
         self.observed
             .values()
             .filter(|o| o.owner.as_ref().is_some_and(|owner| **owner != *self.worker))
-            .map(|o| o.since + self.failover + Duration::from_millis(10))
+            .map(|o| o.since + self.failover.max(o.owner_failover) + Duration::from_millis(10))
             .min()
     }
 
@@ -543,24 +606,28 @@ impl Keeper {
         let present: BTreeSet<&PartitionId> = leases.iter().map(|l| &l.shard).collect();
         self.observed.retain(|shard, _| present.contains(shard));
         for lease in leases {
-            let seen = self.observed.entry(lease.shard.clone()).or_insert(Observed {
+            let current = Observed {
                 counter: lease.counter,
                 owner: lease.owner.clone(),
+                owner_failover: lease.owner_failover.unwrap_or_default(),
                 since: now,
-            });
+            };
+            let seen = self.observed.entry(lease.shard.clone()).or_insert(current);
             if seen.counter != lease.counter || seen.owner != lease.owner {
                 *seen = Observed {
                     counter: lease.counter,
                     owner: lease.owner.clone(),
+                    owner_failover: lease.owner_failover.unwrap_or_default(),
                     since: now,
                 };
             }
         }
     }
 
-    /// Lists the stream's shards, adds a lease for every shard without one, and
-    /// deletes the leases of ended shards Kinesis no longer lists.
-    async fn sync_shards(&self, leases: &mut Vec<Lease>) -> Result<()> {
+    /// Lists the stream's shards, adds a lease for every shard without one, ends the
+    /// leases of shards that vanished unread, and deletes the leases of ended shards
+    /// Kinesis no longer lists.
+    async fn sync_shards(&mut self, leases: &mut Vec<Lease>) -> Result<()> {
         let shards = list_shards(&self.shared.client, &self.stream).await?;
         let before: BTreeSet<PartitionId> = leases.iter().map(|l| l.shard.clone()).collect();
         let listed: BTreeSet<PartitionId> = shards.iter().map(|s| s.id.clone()).collect();
@@ -592,6 +659,7 @@ impl Keeper {
         if leases.len() != before.len() {
             *leases = self.store.list().await?;
         }
+        self.end_vanished(leases, &before, &listed).await?;
         let gone: Vec<PartitionId> = leases
             .iter()
             .filter(|l| l.ended() && !listed.contains(&l.shard))
@@ -600,6 +668,71 @@ impl Keeper {
         for shard in gone {
             if self.store.delete_ended(&shard).await? {
                 leases.retain(|l| l.shard != shard);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the leases of shards Kinesis stopped listing before the group read them to
+    /// their end. Kinesis drops a closed shard from its listings once its records
+    /// passed the retention period (a group stopped for that long), so nothing is left
+    /// to read, and its children would otherwise wait for it forever. Only leases read
+    /// before this listing count (a lease made since may be of a shard newer than the
+    /// listing); the shard must be missing from every listing for `shard_refresh`; and
+    /// the lease must be free, this member's, or expired, so that no other member is
+    /// still delivering the shard when its children become readable.
+    async fn end_vanished(
+        &mut self,
+        leases: &mut [Lease],
+        before: &BTreeSet<PartitionId>,
+        listed: &BTreeSet<PartitionId>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let missed_since = std::mem::take(&mut self.unlisted);
+        self.unlisted = leases
+            .iter()
+            .filter(|l| !l.ended() && before.contains(&l.shard) && !listed.contains(&l.shard))
+            .map(|l| {
+                (
+                    l.shard.clone(),
+                    missed_since.get(&l.shard).copied().unwrap_or(now),
+                )
+            })
+            .collect();
+        for lease in leases.iter_mut() {
+            let long_missing = self
+                .unlisted
+                .get(&lease.shard)
+                .is_some_and(|since| now.duration_since(*since) >= self.shared.config.shard_refresh);
+            let unread = match &lease.owner {
+                None => true,
+                Some(owner) if **owner == *self.worker => true,
+                Some(_) => self.observed.get(&lease.shard).is_some_and(|o| {
+                    o.counter == lease.counter
+                        && o.owner == lease.owner
+                        && now.duration_since(o.since) > self.failover.max(o.owner_failover)
+                }),
+            };
+            if !long_missing || !unread {
+                continue;
+            }
+            tracing::warn!(
+                stream = %self.stream, shard = %lease.shard,
+                "the shard is gone from the stream before the group read it to its end (its records \
+                 expired); its lease ends so that its children are read"
+            );
+            let change = LeaseChange::Transfer {
+                to: None,
+                checkpoint: Some(Checkpoint::ShardEnd),
+            };
+            match self.store.update(lease, &change).await {
+                Ok(ended) => {
+                    self.drop_lease(&lease.shard, "its shard is gone");
+                    *lease = ended;
+                }
+                // Changed meanwhile: looked at again at the next listing.
+                Err(e) if e.kind() == ErrorKind::NotAssigned => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -621,7 +754,7 @@ struct Plan {
 
 /// Decides which leases to take and which to ask for. A lease can be read once every
 /// parent it has in the table ended; a lease with an owner is expired once its counter
-/// has not moved for `failover`. The members are the owners of unexpired leases plus
+/// has not moved for `failover` or the owner's own failover, whichever is longer. The members are the owners of unexpired leases plus
 /// this one; each should hold the number of readable leases divided by the number of
 /// members, rounded up (so counts differ by at most one).
 fn plan(
@@ -645,7 +778,7 @@ fn plan(
         l.owner.is_none()
             || observed
                 .get(&l.shard)
-                .is_some_and(|o| now.duration_since(o.since) > failover)
+                .is_some_and(|o| now.duration_since(o.since) > failover.max(o.owner_failover))
     };
     let mut counts: BTreeMap<&str, usize> = BTreeMap::from([(me, 0)]);
     for lease in &readable {
@@ -711,6 +844,7 @@ mod tests {
                     Observed {
                         counter: l.counter,
                         owner: l.owner.clone(),
+                        owner_failover: l.owner_failover.unwrap_or_default(),
                         since: now,
                     },
                 )
@@ -768,6 +902,113 @@ mod tests {
         let plan = plan(&leases, &observed, "me", FAILOVER, now);
         assert_eq!(plan.take.len(), 3);
         assert!(plan.take.iter().all(|l| l.owner.as_deref() == Some("dead")));
+    }
+
+    /// A keeper on a backend that never connects (only the lease store is used),
+    /// listing shards every 100 ms.
+    fn offline_keeper(store: Arc<dyn LeaseStore>) -> Keeper {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let mut config = crate::KinesisConfig::local("us-east-1", "http://127.0.0.1:9");
+        config.shard_refresh = SHARD_REFRESH;
+        let backend = crate::KinesisBackend::with_sdk_config(config, &sdk).expect("backend");
+        Keeper::new(backend.shared, "s".into(), store, StartFrom::Earliest)
+    }
+
+    const SHARD_REFRESH: Duration = Duration::from_millis(100);
+
+    #[tokio::test]
+    async fn a_free_shard_missing_from_listings_ends_and_frees_its_children() {
+        let store = Arc::new(crate::leases::MemoryLeaseStore::new());
+        let parent = lease("p", None);
+        let read = lease("r", Some("a-live-reader"));
+        let child = Lease::new(PartitionId::new("c"), vec![PartitionId::new("p")], None);
+        let newer = lease("n", None);
+        for l in [&parent, &read, &child, &newer] {
+            assert!(store.create(l).await.expect("create"));
+        }
+        let mut keeper = offline_keeper(store.clone());
+        let listed: BTreeSet<PartitionId> = [PartitionId::new("c")].into();
+        // "n" was made after the listing (it is not in `before`): never ended here.
+        let before: BTreeSet<PartitionId> = ["p", "r", "c"].into_iter().map(PartitionId::new).collect();
+        let mut leases = store.list().await.expect("list");
+        keeper
+            .end_vanished(&mut leases, &before, &listed)
+            .await
+            .expect("first");
+        keeper
+            .end_vanished(&mut leases, &before, &listed)
+            .await
+            .expect("second");
+        assert!(
+            !leases.iter().any(Lease::ended),
+            "missing only just now: {leases:?}"
+        );
+        tokio::time::sleep(SHARD_REFRESH + Duration::from_millis(20)).await;
+        keeper
+            .end_vanished(&mut leases, &before, &listed)
+            .await
+            .expect("third");
+        let stored = store.list().await.expect("list");
+        let ended: Vec<&str> = stored
+            .iter()
+            .filter(|l| l.ended())
+            .map(|l| l.shard.as_str())
+            .collect();
+        assert_eq!(
+            ended,
+            ["p"],
+            "the lease a live member holds waits until it expires"
+        );
+        let now = Instant::now();
+        let taken: Vec<String> = plan(&stored, &fresh(&stored, now), "me", FAILOVER, now)
+            .take
+            .iter()
+            .map(|l| l.shard.to_string())
+            .collect();
+        assert!(taken.contains(&"c".to_string()), "the child is free: {taken:?}");
+    }
+
+    #[tokio::test]
+    async fn a_shard_listed_again_is_not_ended() {
+        let store = Arc::new(crate::leases::MemoryLeaseStore::new());
+        assert!(store.create(&lease("p", None)).await.expect("create"));
+        let mut keeper = offline_keeper(store.clone());
+        let before: BTreeSet<PartitionId> = [PartitionId::new("p")].into();
+        let mut leases = store.list().await.expect("list");
+        keeper
+            .end_vanished(&mut leases, &before, &BTreeSet::new())
+            .await
+            .expect("missed");
+        tokio::time::sleep(SHARD_REFRESH + Duration::from_millis(20)).await;
+        keeper
+            .end_vanished(&mut leases, &before, &before)
+            .await
+            .expect("listed");
+        keeper
+            .end_vanished(&mut leases, &before, &BTreeSet::new())
+            .await
+            .expect("missed");
+        assert!(
+            !store.list().await.expect("list")[0].ended(),
+            "missing again only just now"
+        );
+    }
+
+    #[test]
+    fn a_lease_lasts_its_owners_longer_failover() {
+        // The owner runs with 30 s; this member with 10 s. Unchanged for 15 s: still
+        // the owner's, and only taken after 30 s.
+        let mut slow = lease("s0", Some("slow"));
+        slow.owner_failover = Some(Duration::from_secs(30));
+        let leases = vec![slow];
+        let seen = Instant::now();
+        let observed = fresh(&leases, seen);
+        let after_15 = plan(&leases, &observed, "me", FAILOVER, seen + Duration::from_secs(15));
+        assert!(after_15.take.is_empty(), "{after_15:?}");
+        let after_31 = plan(&leases, &observed, "me", FAILOVER, seen + Duration::from_secs(31));
+        assert_eq!(after_31.take.len(), 1);
     }
 
     #[test]

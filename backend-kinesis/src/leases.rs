@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tributary_core::{Error, ErrorKind, Offset, PartitionId, Result, Timestamp, async_trait};
 
@@ -27,6 +28,10 @@ pub struct Lease {
     /// A member asking the owner to hand the lease over (to balance the group). The
     /// owner commits what was acknowledged and passes the lease on at its next poll.
     pub pending_owner: Option<String>,
+    /// The failover time the owner runs with, written when it took the lease: another
+    /// member waits for the longer of its own and this before taking the lease, so
+    /// members configured differently never read a shard at the same time.
+    pub owner_failover: Option<Duration>,
 }
 
 impl Lease {
@@ -39,6 +44,7 @@ impl Lease {
             checkpoint,
             parents,
             pending_owner: None,
+            owner_failover: None,
         }
     }
 
@@ -72,10 +78,18 @@ pub enum LeaseChange {
     /// The owner is alive.
     Renew,
     /// A member takes the lease (it had no owner, its owner stopped renewing, or the
-    /// owner did not hand it over in time).
+    /// owner did not hand it over in time); a pending hand-over request is dropped.
     Take {
         /// The new owner.
         owner: String,
+        /// The new owner's failover time (see [`Lease::owner_failover`]).
+        failover: Duration,
+    },
+    /// The member a lease was handed to starts holding it: a renewal that also writes
+    /// its failover time (a pending hand-over request is kept).
+    Confirm {
+        /// The owner's failover time (see [`Lease::owner_failover`]).
+        failover: Duration,
     },
     /// The owner records progress.
     Checkpoint(Checkpoint),
@@ -146,14 +160,18 @@ pub(crate) fn apply(lease: &Lease, change: &LeaseChange) -> Lease {
     let mut next = lease.clone();
     match change {
         LeaseChange::Renew => {}
-        LeaseChange::Take { owner } => {
+        LeaseChange::Take { owner, failover } => {
             next.owner = Some(owner.clone());
             next.pending_owner = None;
+            next.owner_failover = Some(*failover);
         }
+        LeaseChange::Confirm { failover } => next.owner_failover = Some(*failover),
         LeaseChange::Checkpoint(c) => next.checkpoint = Some(c.clone()),
         LeaseChange::Transfer { to, checkpoint } => {
             next.owner = to.clone();
             next.pending_owner = None;
+            // The new owner writes its own when it confirms the lease.
+            next.owner_failover = None;
             if let Some(c) = checkpoint {
                 next.checkpoint = Some(c.clone());
             }

@@ -5,15 +5,18 @@
 //!
 //! - The lease stores (DynamoDB and memory) keep their contract: of several members
 //!   racing for a lease exactly one wins; stale writes are refused.
-//! - A member whose lease was taken cannot checkpoint the shard and stops delivering it.
-//! - 3 members over 6 shards, one killed every ~10 s for 2 minutes while a keyed
-//!   producer runs: nothing lost, duplicates within what the killed members had
-//!   processed but not checkpointed, no shard without a live owner for more than twice
-//!   the failover time.
+//! - A member whose lease was taken cannot checkpoint the shard and stops delivering it
+//!   (records already queued included); its next commit says so.
+//! - 3 members over 6 shards, committing every third batch, one killed every ~10 s for
+//!   2 minutes while a keyed producer runs: nothing lost, duplicates within what the
+//!   killed members had processed but not checkpointed, no shard without a live owner
+//!   for more than twice the failover time.
 //! - 4 members over 8 shards settle at 2 leases each within twice the failover time;
-//!   a member leaving hands its shards to the others as fast.
+//!   a member leaving hands its shards to the others as fast. Also with fan-out
+//!   readers, which share one registered stream consumer.
 //! - A stream resharded while a group reads it: every record processed, each key's
-//!   records first delivered in send order across parent → child.
+//!   records first delivered in send order across parent → child; with polling and
+//!   with fan-out readers.
 
 mod common;
 
@@ -27,20 +30,53 @@ use tokio::time::Instant;
 use tributary_core::{Admin, Consumer, ConsumerConfig, ErrorKind, Offset, PartitionId, Record, StreamSpec};
 use tributary_kinesis::{
     Checkpoint, DynamoLeaseStore, KinesisBackend, Lease, LeaseChange, LeaseStore, LeaseStoreKind,
-    MemoryLeaseStore,
+    MemoryLeaseStore, ReaderKind,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A backend on both servers, or `None` (a skip) outside CI when either is missing.
+/// A backend on both servers with polling readers, or `None` (a skip) outside CI when
+/// either is missing.
 fn backend() -> Option<KinesisBackend> {
+    backend_reading_by(ReaderKind::Polling)
+}
+
+/// A backend on both servers with the given readers.
+fn backend_reading_by(reader: ReaderKind) -> Option<KinesisBackend> {
     let endpoint = common::endpoint()?;
     common::dynamodb_endpoint()?;
-    let config = common::local_config(&endpoint);
+    let mut config = common::local_config(&endpoint);
     assert_eq!(config.leases, LeaseStoreKind::Dynamodb);
+    config.reader = reader;
     Some(common::backend(config).expect("backend"))
+}
+
+/// The names of the stream consumers registered for enhanced fan-out on `stream`.
+async fn fan_out_registrations(backend: &KinesisBackend, stream: &str) -> Vec<String> {
+    let client = backend.sdk_client();
+    let summary = client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .expect("describe");
+    let arn = summary
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_string())
+        .expect("stream arn");
+    let listed = client
+        .list_stream_consumers()
+        .stream_arn(arn)
+        .send()
+        .await
+        .expect("list stream consumers");
+    listed
+        .consumers()
+        .iter()
+        .map(|c| c.consumer_name().to_string())
+        .collect()
 }
 
 async fn new_stream(backend: &KinesisBackend, prefix: &str, shards: u32) -> String {
@@ -76,6 +112,7 @@ async fn lease_store_contract(store: Arc<dyn LeaseStore>) {
                     &free,
                     &LeaseChange::Take {
                         owner: format!("m{i}"),
+                        failover: Duration::from_millis(2_500),
                     },
                 )
                 .await
@@ -91,8 +128,10 @@ async fn lease_store_contract(store: Arc<dyn LeaseStore>) {
     }
     let held = winners[0].clone();
     assert_eq!(held.counter, 1);
+    assert_eq!(held.owner_failover, Some(Duration::from_millis(2_500)));
     let renewed = store.update(&held, &LeaseChange::Renew).await.expect("renew");
     assert_eq!(renewed.counter, 2);
+    assert_eq!(renewed.owner_failover, held.owner_failover, "kept by renewals");
     // A write made with the old counter (a member that missed the renewal) fails.
     let stale = store
         .update(&held, &LeaseChange::Checkpoint(Checkpoint::TrimHorizon))
@@ -147,6 +186,7 @@ async fn lease_store_contract(store: Arc<dyn LeaseStore>) {
         .expect("transfer");
     assert_eq!(passed.owner.as_deref(), Some("a"));
     assert_eq!(passed.pending_owner, None);
+    assert_eq!(passed.owner_failover, None, "the new owner writes its own");
     assert_eq!(passed.checkpoint, Some(Checkpoint::After(offset)));
     assert!(
         !store.delete_ended(&passed.shard).await.expect("delete"),
@@ -215,19 +255,32 @@ async fn a_member_whose_lease_was_taken_cannot_checkpoint_and_stops_delivering()
         .await
         .expect("poll");
     assert_eq!(got.len(), 5);
-    // Another member takes the lease (as it would after a long pause of this one).
-    let store = backend.lease_store(&stream, group).expect("lease store");
-    let current = store.list().await.expect("list").remove(0);
-    assert_eq!(current.owner.as_deref(), member.member_id());
-    let taken = store
-        .update(
-            &current,
-            &LeaseChange::Take {
-                owner: "the-other-member".into(),
-            },
-        )
+    for r in &got {
+        member.ack(&r.partition, &r.offset).expect("ack");
+    }
+    // Five more records reach the member's reader (polled every 200 ms) but are not
+    // polled yet: they wait in its queue when the lease goes.
+    tributary_core::Producer::send(&producer, &stream, values(5))
         .await
-        .expect("take");
+        .expect("send");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Another member takes the lease (as it would after a long pause of this one);
+    // a renewal landing between the read and the take makes it read again.
+    let store = backend.lease_store(&stream, group).expect("lease store");
+    let take = LeaseChange::Take {
+        owner: "the-other-member".into(),
+        failover: common::FAILOVER,
+    };
+    let mut attempts = 0;
+    let (current, taken) = loop {
+        let current = store.list().await.expect("list").remove(0);
+        assert_eq!(current.owner.as_deref(), member.member_id());
+        match store.update(&current, &take).await {
+            Ok(taken) => break (current, taken),
+            Err(e) if e.kind() == ErrorKind::NotAssigned && attempts < 10 => attempts += 1,
+            Err(e) => panic!("take: {e}"),
+        }
+    };
     // ... and keeps it, renewing as a live member does.
     let renewing = {
         let store = store.clone();
@@ -239,25 +292,32 @@ async fn a_member_whose_lease_was_taken_cannot_checkpoint_and_stops_delivering()
             }
         })
     };
-    for r in &got {
-        // Acknowledging is local; it may already be refused.
-        let _ = member.ack(&r.partition, &r.offset);
+    // The member finds out at its next renewal at the latest.
+    let noticed = Instant::now() + common::FAILOVER * 2;
+    while !member.assignment().is_empty() && Instant::now() < noticed {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        member.assignment().is_empty(),
+        "the member still reads the taken shard"
+    );
     let err = member.commit().await.expect_err("the lease is gone");
     assert_eq!(err.kind(), ErrorKind::NotAssigned, "{err}");
+    assert!(err.to_string().contains("shardId-000000000000"), "{err}");
     let after = store.list().await.expect("list").remove(0);
     assert_eq!(after.checkpoint, None, "no checkpoint was written");
+    assert_eq!(after.owner.as_deref(), Some("the-other-member"));
     // The lease moved on: every write of the old owner is refused.
     let stale = store
         .update(&current, &LeaseChange::Checkpoint(Checkpoint::TrimHorizon))
         .await
         .expect_err("stale");
     assert_eq!(stale.kind(), ErrorKind::NotAssigned);
-    assert_eq!(after.owner.as_deref(), Some("the-other-member"));
-    tributary_core::Producer::send(&producer, &stream, values(5))
+    // Neither the queued records nor later ones are delivered.
+    tributary_core::Producer::send(&producer, &stream, values(10))
         .await
         .expect("send");
-    let late = tributary_conformance::drain(&mut member, 5, common::FAILOVER * 2)
+    let late = tributary_conformance::drain(&mut member, 10, common::FAILOVER * 2)
         .await
         .expect("poll");
     assert!(
@@ -266,6 +326,7 @@ async fn a_member_whose_lease_was_taken_cannot_checkpoint_and_stops_delivering()
         late.len()
     );
     assert!(member.assignment().is_empty());
+    assert!(member.commit().await.is_ok(), "the loss was reported once");
     renewing.abort();
     member.close().await.expect("close");
 }
@@ -277,8 +338,8 @@ struct Processed {
     deliveries: Mutex<Vec<(usize, String)>>,
 }
 
-/// A member running in its own task: polls, processes (logs), acknowledges and
-/// commits every batch.
+/// A member running in its own task: polls, processes (logs) and acknowledges every
+/// batch, and commits every `commit_every` batches.
 struct Member {
     id: usize,
     task: JoinHandle<()>,
@@ -298,6 +359,7 @@ impl Member {
         stream: &str,
         group: &str,
         log: Arc<Processed>,
+        commit_every: usize,
     ) -> Self {
         let mut consumer = backend
             .kinesis_consumer(ConsumerConfig::group(stream, group))
@@ -312,6 +374,7 @@ impl Member {
             let (assignment, stop) = (assignment.clone(), stop.clone());
             let (uncommitted, failed_commits) = (uncommitted.clone(), failed_commits.clone());
             tokio::spawn(async move {
+                let mut batches = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let batch = match consumer.poll(500, Duration::from_millis(100)).await {
                         Ok(b) => b,
@@ -332,6 +395,11 @@ impl Member {
                         for r in &batch {
                             let _ = consumer.ack(&r.partition, &r.offset);
                         }
+                        batches += 1;
+                        if batches % commit_every != 0 {
+                            *lock(&assignment) = consumer.assignment();
+                            continue;
+                        }
                         match consumer.commit().await {
                             Ok(()) => *lock(&uncommitted) = 0,
                             Err(e) => {
@@ -342,7 +410,12 @@ impl Member {
                     }
                     *lock(&assignment) = consumer.assignment();
                 }
-                consumer.close().await.expect("close");
+                // Closing commits what is acknowledged; a lease lost meanwhile makes
+                // its records count as processed without a checkpoint.
+                if let Err(e) = consumer.close().await {
+                    eprintln!("member {id}: close: {e}");
+                    *lock(&failed_commits) += std::mem::take(&mut *lock(&uncommitted));
+                }
             })
         };
         Self {
@@ -363,25 +436,29 @@ impl Member {
         stream: &str,
         group: &str,
         log: &Arc<Processed>,
+        commit_every: usize,
     ) -> Vec<Self> {
         let mut members = Vec::new();
         for id in 0..n {
-            members.push(Self::start(id, backend, stream, group, log.clone()).await);
+            members.push(Self::start(id, backend, stream, group, log.clone(), commit_every).await);
         }
         members
     }
 
     /// Kills the member (no commit, no release); returns what it had processed
-    /// without a checkpoint.
+    /// without a checkpoint (including records of commits that failed).
     async fn kill(self) -> usize {
         self.task.abort();
         let _ = self.task.await;
-        *lock(&self.uncommitted)
+        *lock(&self.uncommitted) + *lock(&self.failed_commits)
     }
 
-    async fn leave(self) {
+    /// Stops the member with `close`; returns the records it processed whose
+    /// checkpoint failed (0 unless a lease was lost while it ran).
+    async fn leave(self) -> usize {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("member task");
+        *lock(&self.failed_commits)
     }
 
     fn assignment(&self) -> Vec<PartitionId> {
@@ -458,7 +535,9 @@ async fn killing_a_member_every_ten_seconds_loses_nothing() {
     let stream = new_stream(&backend, "kills", 6).await;
     let group = "g-kills";
     let log = Arc::new(Processed::default());
-    let mut members = Member::start_many(3, &backend, &stream, group, &log).await;
+    // Commits every third batch, so a killed member leaves processed records without
+    // a checkpoint: the duplicates they cause are what the bound is about.
+    let mut members = Member::start_many(3, &backend, &stream, group, &log, 3).await;
     let stop_producing = Arc::new(AtomicBool::new(false));
     let producing = produce(
         &backend,
@@ -515,7 +594,7 @@ async fn killing_a_member_every_ten_seconds_loses_nothing() {
             "{:>5.1}s: killed member {victim_id} ({unchecked} processed records unchecked)",
             started.elapsed().as_secs_f64()
         );
-        members.push(Member::start(next_id, &backend, &stream, group, log.clone()).await);
+        members.push(Member::start(next_id, &backend, &stream, group, log.clone(), 3).await);
         next_id += 1;
     }
     stop_producing.store(true, Ordering::SeqCst);
@@ -523,9 +602,9 @@ async fn killing_a_member_every_ten_seconds_loses_nothing() {
     let missing = wait_for_all(&log, &acknowledged, Duration::from_secs(60)).await;
     watching.store(false, Ordering::SeqCst);
     let longest_orphaned = watcher.await.expect("watcher");
-    let failed_commits: usize = members.iter().map(|m| *lock(&m.failed_commits)).sum();
+    let mut failed_commits = 0;
     for member in members {
-        member.leave().await;
+        failed_commits += member.leave().await;
     }
 
     let deliveries = lock(&log.deliveries).len();
@@ -577,11 +656,22 @@ async fn settle(members: &[Member], shards: usize, counts: &[usize], within: Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_members_settle_at_two_leases_each_and_a_leaver_hands_over() {
-    let Some(backend) = backend() else { return };
+    balance(ReaderKind::Polling).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_members_settle_and_hand_over_through_one_registration() {
+    balance(ReaderKind::FanOut).await;
+}
+
+async fn balance(reader: ReaderKind) {
+    let Some(backend) = backend_reading_by(reader) else {
+        return;
+    };
     let stream = new_stream(&backend, "balance", 8).await;
     let group = "g-balance";
     let log = Arc::new(Processed::default());
-    let mut members = Member::start_many(4, &backend, &stream, group, &log).await;
+    let mut members = Member::start_many(4, &backend, &stream, group, &log, 1).await;
     let limit = common::FAILOVER * 2;
     let took = settle(&members, 8, &[2, 2, 2, 2], limit * 2).await;
     eprintln!("4 members over 8 shards settled at 2 each in {took:?}");
@@ -600,15 +690,34 @@ async fn four_members_settle_at_two_leases_each_and_a_leaver_hands_over() {
     for member in members {
         member.leave().await;
     }
+    if reader == ReaderKind::FanOut {
+        // Every member read through the group's one stream consumer, kept after they
+        // left for the next members.
+        let registered = fan_out_registrations(&backend, &stream).await;
+        assert_eq!(registered.len(), 1, "{registered:?}");
+        let expected = format!("tributary-{stream}-g-balance-");
+        assert!(registered[0].starts_with(&expected), "{registered:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_reads_across_a_reshard_in_key_order() {
-    let Some(backend) = backend() else { return };
+    group_across_a_reshard(ReaderKind::Polling).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_group_reads_across_a_reshard_in_key_order() {
+    group_across_a_reshard(ReaderKind::FanOut).await;
+}
+
+async fn group_across_a_reshard(reader: ReaderKind) {
+    let Some(backend) = backend_reading_by(reader) else {
+        return;
+    };
     let stream = new_stream(&backend, "group-reshard", 2).await;
     let group = "g-reshard";
     let log = Arc::new(Processed::default());
-    let members = Member::start_many(2, &backend, &stream, group, &log).await;
+    let members = Member::start_many(2, &backend, &stream, group, &log, 1).await;
     let stop_producing = Arc::new(AtomicBool::new(false));
     let producing = produce(
         &backend,
@@ -665,7 +774,7 @@ async fn a_group_reads_across_a_reshard_in_key_order() {
     );
     let deliveries = lock(&log.deliveries).len();
     eprintln!(
-        "{} records across a split and a merge, {} duplicates",
+        "{reader:?}: {} records across a split and a merge, {} duplicates",
         acknowledged.len(),
         deliveries - acknowledged.len()
     );
