@@ -749,7 +749,9 @@ impl Consumer for KafkaConsumer {
                     "kafka: closed, but acknowledged records were not committed and will be redelivered: {}",
                     failed.join("; ")
                 ),
-            )),
+            )
+            // Closed for good: calling again cannot help.
+            .with_retryable(false)),
         }
     }
 }

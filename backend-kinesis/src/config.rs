@@ -61,8 +61,9 @@ pub struct KinesisConfig {
     pub profile: Option<String>,
     /// Polling or enhanced fan-out consumers.
     pub reader: ReaderKind,
-    /// The enhanced fan-out consumer name. Unset: each consumer registers its own
-    /// `tributary-<random>` and deregisters it on close.
+    /// The enhanced fan-out consumer name. Unset: the members of a group with leases in
+    /// DynamoDB share one named after the lease table (kept on close); any other
+    /// consumer registers its own `tributary-<random>` and deregisters it on close.
     pub fan_out_consumer: Option<String>,
     /// Time between GetRecords calls of one shard; Kinesis allows five per second per
     /// shard, so at least 200 ms.

@@ -16,7 +16,7 @@ use tributary_core::{
 };
 
 use crate::config::{LeaseStoreKind, ReaderKind};
-use crate::keeper::{Keeper, KeeperHandle, Request};
+use crate::keeper::{Holdings, Keeper, KeeperHandle, Request};
 use crate::kpl::{self, Deaggregated};
 use crate::leases::{Checkpoint, LeaseStore};
 use crate::position::{KinesisPosition, offset_of};
@@ -121,6 +121,7 @@ enum Control {
         start: Start,
         floor: Option<Floor>,
         epoch: u64,
+        lease: LeaseCheck,
     },
     /// A group member no longer holds the lease of a shard: stop reading it.
     Revoke { shard: PartitionId },
@@ -174,6 +175,8 @@ pub(crate) struct ReaderContext {
     /// at or after it. Kinesis finds the place by arrival time; with the envelope a
     /// record's time is its event time, which may be earlier.
     time_gate: Option<Timestamp>,
+    /// A group member's lease of the shard.
+    lease: Option<LeaseCheck>,
 }
 
 /// A bound below which records are skipped.
@@ -298,6 +301,17 @@ impl ReaderContext {
         }
     }
 
+    /// Waits while the group member's lease of the shard has lapsed (the consumer
+    /// stops this reader at its next call). A reader of a lapsed lease must not
+    /// subscribe again: with the group's shared fan-out registration that would take
+    /// the shard's subscription away from the member that holds the lease now.
+    pub(crate) async fn wait_while_lapsed(&self) {
+        let Some(lease) = &self.lease else { return };
+        while !lease.holds(&self.shard) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Says the reader has its first position (an iterator or a subscription).
     pub(crate) fn positioned(&mut self) {
         if let Some(tell) = self.positioned.take() {
@@ -351,6 +365,27 @@ struct ShardState {
     start: Start,
     floor: Option<Floor>,
     epoch: u64,
+    /// The lease a group member reads it under.
+    lease: Option<LeaseCheck>,
+}
+
+/// A group member's lease of the shard a reader reads, as the keeper holds it.
+#[derive(Clone, Debug)]
+pub(crate) struct LeaseCheck {
+    holdings: Arc<Mutex<Holdings>>,
+    tenure: u64,
+}
+
+impl LeaseCheck {
+    /// Whether the member still holds the lease of `shard`, in the same tenure.
+    fn holds(&self, shard: &PartitionId) -> bool {
+        let now = tokio::time::Instant::now();
+        self.holdings.lock().is_ok_and(|h| {
+            h.held
+                .get(shard)
+                .is_some_and(|held| held.tenure == self.tenure && held.valid_until > now)
+        })
+    }
 }
 
 enum Status {
@@ -425,6 +460,7 @@ impl Coordinator {
                 start,
                 floor,
                 epoch: 0,
+                lease: None,
             },
         );
         if let Ok(mut view) = self.view.lock() {
@@ -484,6 +520,7 @@ impl Coordinator {
                 Start::Timestamp(t) if state.floor.is_none() && t <= Timestamp::now() => Some(t),
                 _ => None,
             },
+            lease: state.lease.clone(),
         };
         let (shard, epoch) = (id.clone(), state.epoch);
         let handle = match &self.fan_out_arn {
@@ -500,7 +537,7 @@ impl Coordinator {
     }
 
     /// Reads a shard this group member now leases, from where the group stands.
-    fn assign(&mut self, id: PartitionId, start: Start, floor: Option<Floor>, epoch: u64) {
+    fn assign(&mut self, id: PartitionId, start: Start, floor: Option<Floor>, epoch: u64, lease: LeaseCheck) {
         if let Some(ShardState {
             status: Status::Reading(handle),
             ..
@@ -516,6 +553,7 @@ impl Coordinator {
                 start,
                 floor,
                 epoch,
+                lease: Some(lease),
             },
         );
         if let Ok(mut view) = self.view.lock() {
@@ -579,7 +617,9 @@ impl Coordinator {
         loop {
             tokio::select! {
                 message = control.recv() => match message {
-                    Some(Control::Assign { shard, start, floor, epoch }) => self.assign(shard, start, floor, epoch),
+                    Some(Control::Assign { shard, start, floor, epoch, lease }) => {
+                        self.assign(shard, start, floor, epoch, lease);
+                    }
                     Some(Control::Revoke { shard }) => self.revoke(&shard),
                     Some(Control::Seek { shard, to, epoch, done }) => {
                         // `done` goes to the new reader, or is dropped: either ends the
@@ -738,10 +778,19 @@ impl KinesisConsumer {
                 };
                 for held in membership.keeper.held().into_values() {
                     let shard = held.lease.shard.clone();
-                    let (start, floor) =
-                        membership.begin(&shard, held.tenure, held.lease.checkpoint.as_ref())?;
+                    // A lease that cannot be started is left unread here: the first
+                    // poll tries again, gives it back and reports the error.
+                    let Ok((start, floor)) =
+                        membership.begin(&shard, held.tenure, held.lease.checkpoint.as_ref())
+                    else {
+                        continue;
+                    };
                     epochs.insert(shard.clone(), 1);
-                    coordinator.assign(shard, start, floor, 1);
+                    let lease = LeaseCheck {
+                        holdings: membership.keeper.holdings.clone(),
+                        tenure: held.tenure,
+                    };
+                    coordinator.assign(shard, start, floor, 1, lease);
                 }
                 Some(membership)
             }
@@ -984,11 +1033,16 @@ impl KinesisConsumer {
             let epoch = self.epochs.entry(shard.clone()).or_default();
             *epoch += 1;
             tracing::info!(stream = %self.stream, %shard, checkpoint = ?h.lease.checkpoint, "reading a newly leased shard");
+            let lease = LeaseCheck {
+                holdings: group.keeper.holdings.clone(),
+                tenure: h.tenure,
+            };
             let _ = self.control.send(Control::Assign {
                 shard: shard.clone(),
                 start,
                 floor,
                 epoch: *epoch,
+                lease,
             });
         }
         // A lease this member cannot read is given back rather than held unread: the
@@ -1049,19 +1103,21 @@ impl KinesisConsumer {
         if let Some(e) = first_error {
             return Err(e);
         }
-        let losses = self
-            .group
-            .as_mut()
-            .map(|g| std::mem::take(&mut g.uncommitted_losses))
-            .unwrap_or_default();
+        self.take_losses().map_or(Ok(()), Err)
+    }
+
+    /// A `NotAssigned` error naming the shards read with acknowledged records no
+    /// checkpoint covers, if there are any (each is reported once).
+    fn take_losses(&mut self) -> Option<Error> {
+        let losses = std::mem::take(&mut self.group.as_mut()?.uncommitted_losses);
         if losses.is_empty() {
-            return Ok(());
+            return None;
         }
-        Err(Error::new(
+        Some(Error::new(
             ErrorKind::NotAssigned,
             format!(
-                "the leases of shards of {} moved to other members before their acknowledged records \
-                 were checkpointed; those records will be delivered again: {}",
+                "the leases of shards of {} lapsed or moved on before their acknowledged records were \
+                 checkpointed; those records may be delivered again: {}",
                 self.stream,
                 losses.join(", ")
             ),
@@ -1343,28 +1399,15 @@ impl Consumer for KinesisConsumer {
             Some(registration) => registration.release(&self.shared).await,
             None => Ok(()),
         };
-        // Losses the commit did not get to report (it failed first for another reason).
-        let losses = self
-            .group
-            .as_mut()
-            .map(|g| std::mem::take(&mut g.uncommitted_losses))
-            .unwrap_or_default();
+        // Closed for good: retrying the call cannot help, whatever the cause.
+        let closed_but =
+            |e: Error| Error::new(ErrorKind::Unavailable, format!("closed, but {e}")).with_retryable(false);
         let committed = match committed {
-            Err(e) if e.kind() == ErrorKind::NotAssigned => {
-                Err(Error::new(ErrorKind::Unavailable, format!("closed, but {e}")))
-            }
-            _ if !losses.is_empty() => Err(Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "closed, but the leases of shards of {} moved to other members before their \
-                     acknowledged records were checkpointed; those records will be delivered again: {}",
-                    self.stream,
-                    losses.join(", ")
-                ),
-            )),
-            // Retried by the release, whose outcome says.
-            Err(e) if e.is_retryable() => Ok(()),
-            other => other,
+            Err(e) if !(e.kind() == ErrorKind::NotAssigned || e.is_retryable()) => Err(e),
+            Err(e) if e.kind() == ErrorKind::NotAssigned => Err(closed_but(e)),
+            // Losses the commit did not get to report (a passing error came first); a
+            // passing error itself was retried by the release, whose outcome says.
+            _ => self.take_losses().map_or(Ok(()), |e| Err(closed_but(e))),
         };
         committed.and(released).and(deregistered)
     }

@@ -28,6 +28,7 @@ const TIMESTAMP: &str = "checkpointTimestamp";
 const PARENTS: &str = "parentShardId";
 const PENDING: &str = "pendingOwner";
 const OWNER_FAILOVER: &str = "ownerFailoverMillis";
+const MAX_FAILOVER_MILLIS: u64 = 3_600_000;
 const TRIM_HORIZON: &str = "TRIM_HORIZON";
 const SHARD_END: &str = "SHARD_END";
 const AT_TIMESTAMP: &str = "AT_TIMESTAMP";
@@ -179,7 +180,10 @@ impl DynamoLeaseStore {
             checkpoint,
             parents,
             pending_owner: text(PENDING)?,
-            owner_failover: number(OWNER_FAILOVER)?.map(Duration::from_millis),
+            // At most the longest failover a member can have, so that no value in the
+            // table holds a lease forever.
+            owner_failover: number(OWNER_FAILOVER)?
+                .map(|ms| Duration::from_millis(ms.min(MAX_FAILOVER_MILLIS))),
         })
     }
 }
@@ -439,5 +443,37 @@ mod tests {
         let odd = default_table_name(&"s".repeat(128), &format!("grüppe/{}", "g".repeat(249)));
         assert!(crate::config::valid_table_name(&odd), "{odd}");
         assert_eq!(odd.len(), 255);
+    }
+
+    fn offline_store() -> DynamoLeaseStore {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        DynamoLeaseStore::new(Client::new(&sdk), "t", Duration::from_secs(1))
+    }
+
+    #[test]
+    fn items_read_back_as_leases_with_the_owners_failover_bounded() -> Result<()> {
+        let store = offline_store();
+        let item = |failover: &str| {
+            HashMap::from([
+                (KEY.to_string(), s("shardId-1")),
+                (OWNER.to_string(), s("m1")),
+                (COUNTER.to_string(), n(7)),
+                (CHECKPOINT.to_string(), s(TRIM_HORIZON)),
+                (OWNER_FAILOVER.to_string(), AttributeValue::N(failover.into())),
+            ])
+        };
+        let lease = store.parse(&item("2500"))?;
+        assert_eq!(lease.owner.as_deref(), Some("m1"));
+        assert_eq!(lease.counter, 7);
+        assert_eq!(lease.checkpoint, Some(Checkpoint::TrimHorizon));
+        assert_eq!(lease.owner_failover, Some(Duration::from_millis(2_500)));
+        // A value no member writes cannot hold the lease for longer than an hour.
+        let huge = store.parse(&item("18446744073709551615"))?;
+        assert_eq!(huge.owner_failover, Some(Duration::from_secs(3_600)));
+        let bad = store.parse(&item("-1")).expect_err("not a whole number");
+        assert_eq!(bad.kind(), ErrorKind::Corruption, "{bad}");
+        Ok(())
     }
 }

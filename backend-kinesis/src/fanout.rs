@@ -186,6 +186,7 @@ pub(crate) async fn read_shard(mut cx: ReaderContext, consumer_arn: Arc<str>) ->
     // The position Kinesis gave to continue from, once a subscription sent an event.
     let mut continuation: Option<String> = None;
     loop {
+        cx.wait_while_lapsed().await;
         let start = match &continuation {
             Some(seq) => Start::AfterSequence(seq.clone()),
             None => cx.resume_point().effective(),

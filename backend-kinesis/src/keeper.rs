@@ -453,7 +453,7 @@ impl Keeper {
             return Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "acknowledged records were not checkpointed and will be delivered again: {}",
+                    "acknowledged records were not checkpointed and may be delivered again: {}",
                     unwritten.join(", ")
                 ),
             ));
@@ -590,7 +590,10 @@ impl Keeper {
         self.observed
             .values()
             .filter(|o| o.owner.as_ref().is_some_and(|owner| **owner != *self.worker))
-            .map(|o| o.since + self.failover.max(o.owner_failover) + Duration::from_millis(10))
+            .filter_map(|o| {
+                o.since
+                    .checked_add(self.failover.max(o.owner_failover) + Duration::from_millis(10))
+            })
             .min()
     }
 

@@ -11,6 +11,7 @@ use tributary_core::{Error, ErrorKind, Offset, PartitionId, Result, Timestamp, a
 
 /// One shard's lease, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Lease {
     /// The shard.
     pub shard: PartitionId,
@@ -74,6 +75,7 @@ pub enum Checkpoint {
 /// A change to a lease. Every change but [`LeaseChange::RequestHandoff`] raises the
 /// counter.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LeaseChange {
     /// The owner is alive.
     Renew,

@@ -34,6 +34,9 @@ pub(crate) async fn read_shard(mut cx: ReaderContext) -> ReaderExit {
             },
         };
         tokio::time::sleep_until(next_call).await;
+        // A lapsed lease's reader must not spend the shard's 5 reads/s of the member
+        // that holds it now.
+        cx.wait_while_lapsed().await;
         next_call = Instant::now() + interval;
         let result = cx
             .shared
