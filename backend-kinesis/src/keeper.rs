@@ -532,9 +532,6 @@ impl Keeper {
             .collect();
         for lease in mine_unknown {
             let sent = Instant::now();
-            let confirm = LeaseChange::Confirm {
-                failover: self.failover,
-            };
             if lease.pending_owner.is_some() {
                 // Asked for while this member did not hold it (a hand-over whose
                 // outcome was unknown): pass it on rather than read it again.
@@ -545,6 +542,9 @@ impl Keeper {
                 }
                 continue;
             }
+            let confirm = LeaseChange::Confirm {
+                failover: self.failover,
+            };
             if let Ok(renewed) = self.store.update(&lease, &confirm).await {
                 self.confirm(renewed, sent);
             }
@@ -609,20 +609,18 @@ impl Keeper {
         let present: BTreeSet<&PartitionId> = leases.iter().map(|l| &l.shard).collect();
         self.observed.retain(|shard, _| present.contains(shard));
         for lease in leases {
-            let current = Observed {
-                counter: lease.counter,
-                owner: lease.owner.clone(),
-                owner_failover: lease.owner_failover.unwrap_or_default(),
-                since: now,
-            };
-            let seen = self.observed.entry(lease.shard.clone()).or_insert(current);
-            if seen.counter != lease.counter || seen.owner != lease.owner {
-                *seen = Observed {
+            let unchanged = self
+                .observed
+                .get(&lease.shard)
+                .is_some_and(|seen| seen.counter == lease.counter && seen.owner == lease.owner);
+            if !unchanged {
+                let current = Observed {
                     counter: lease.counter,
                     owner: lease.owner.clone(),
                     owner_failover: lease.owner_failover.unwrap_or_default(),
                     since: now,
                 };
+                self.observed.insert(lease.shard.clone(), current);
             }
         }
     }
