@@ -8,6 +8,9 @@ use tributary_core::{BackendUrl, Error, Result};
 /// Kinesis's own cap on one record: partition key plus data.
 pub const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;
 
+/// The longest `failover` a member may have.
+pub(crate) const MAX_FAILOVER: Duration = Duration::from_secs(3600);
+
 /// How a consumer reads shards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -321,7 +324,7 @@ impl KinesisConfig {
                 "failover",
                 self.failover,
                 Duration::from_millis(300),
-                Duration::from_secs(3600),
+                MAX_FAILOVER,
             ),
             (
                 "operation_timeout",

@@ -28,7 +28,6 @@ const TIMESTAMP: &str = "checkpointTimestamp";
 const PARENTS: &str = "parentShardId";
 const PENDING: &str = "pendingOwner";
 const OWNER_FAILOVER: &str = "ownerFailoverMillis";
-const MAX_FAILOVER_MILLIS: u64 = 3_600_000;
 const TRIM_HORIZON: &str = "TRIM_HORIZON";
 const SHARD_END: &str = "SHARD_END";
 const AT_TIMESTAMP: &str = "AT_TIMESTAMP";
@@ -183,7 +182,7 @@ impl DynamoLeaseStore {
             // At most the longest failover a member can have, so that no value in the
             // table holds a lease forever.
             owner_failover: number(OWNER_FAILOVER)?
-                .map(|ms| Duration::from_millis(ms.min(MAX_FAILOVER_MILLIS))),
+                .map(|ms| Duration::from_millis(ms).min(crate::config::MAX_FAILOVER)),
         })
     }
 }
