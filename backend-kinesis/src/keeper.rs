@@ -419,13 +419,9 @@ impl Keeper {
         for h in held {
             let shard = h.lease.shard.clone();
             // A checkpoint of an earlier holding stays unwritten (reported below).
-            let checkpoint = match checkpoints.remove(&shard) {
-                Some((tenure, c)) if tenure == h.tenure => Some(c),
-                Some(other) => {
-                    checkpoints.insert(shard.clone(), other);
-                    None
-                }
-                None => None,
+            let checkpoint = match checkpoints.get(&shard) {
+                Some((tenure, _)) if *tenure == h.tenure => checkpoints.remove(&shard).map(|(_, c)| c),
+                _ => None,
             };
             let carried = checkpoint.is_some();
             let change = LeaseChange::Transfer {

@@ -32,22 +32,27 @@ fn keyed_records() -> Vec<Record> {
         .collect()
 }
 
+/// `trib mirror SRC DST` in `group`, in batches of `BATCH`, reporting as JSON.
+fn mirror_command(source: &str, destination: &str, group: &str) -> std::process::Command {
+    let mut command = common::trib_command();
+    command.args([
+        "mirror",
+        source,
+        destination,
+        "-g",
+        group,
+        "--batch",
+        BATCH,
+        "--json",
+    ]);
+    command
+}
+
 /// Runs `trib mirror SRC DST` and kills it once it reported at least `kill_after`
 /// records; returns how many it had reported.
 fn mirror_killed(source: &str, destination: &str, group: &str, kill_after: u64) -> u64 {
-    let mut child = common::trib_command()
-        .args([
-            "mirror",
-            source,
-            destination,
-            "-g",
-            group,
-            "--batch",
-            BATCH,
-            "--json",
-            "--interval",
-            "50ms",
-        ])
+    let mut child = mirror_command(source, destination, group)
+        .args(["--interval", "50ms"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("trib mirror starts");
@@ -78,19 +83,8 @@ fn mirror_killed(source: &str, destination: &str, group: &str, kill_after: u64) 
 
 /// Runs the mirror to the end (until the source is idle) and returns its last report.
 fn mirror_to_end(source: &str, destination: &str, group: &str) -> serde_json::Value {
-    let out = common::trib_command()
-        .args([
-            "mirror",
-            source,
-            destination,
-            "-g",
-            group,
-            "--batch",
-            BATCH,
-            "--json",
-            "--idle",
-            "5s",
-        ])
+    let out = mirror_command(source, destination, group)
+        .args(["--idle", "5s"])
         .output()
         .expect("trib mirror runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
