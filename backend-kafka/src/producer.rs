@@ -297,8 +297,7 @@ impl Producer for KafkaProducer {
             }
         }
         let mut deliveries = Vec::with_capacity(records.len());
-        let mut first_error: Option<Error> = None;
-        let mut indeterminate = false;
+        let mut failures: Vec<Error> = Vec::new();
         let mut unsent = Vec::new();
         let mut delivered = Vec::new();
         for (index, (record, outcome)) in records.into_iter().zip(outcomes).enumerate() {
@@ -308,37 +307,27 @@ impl Producer for KafkaProducer {
                     deliveries.push(d);
                 }
                 Some(Outcome::Failed(e)) => {
-                    indeterminate |= e.kind() == ErrorKind::Indeterminate;
-                    first_error.get_or_insert(e);
+                    failures.push(e);
                     unsent.push(record);
                 }
-                None => {
-                    if let Some((_, e)) = &enqueue_error {
-                        first_error.get_or_insert_with(|| Error::new(e.kind(), e.message().to_string()));
-                    }
-                    unsent.push(record);
-                }
+                None => unsent.push(record),
             }
+        }
+        // Records never queued after the refusal: refused with it, after what was queued.
+        if let Some((_, e)) = enqueue_error {
+            failures.push(e);
         }
         self.recover_if_fatal(&producer);
         drop_off_runtime(producer);
-        match first_error {
+        match SendError::cause_of(failures) {
             None if unsent.is_empty() => Ok(deliveries),
-            first => {
-                let error = match first {
-                    Some(e) if indeterminate && e.kind() != ErrorKind::Indeterminate => Error::new(
-                        ErrorKind::Indeterminate,
-                        format!("{} (and some records may have been persisted)", e.message()),
-                    ),
-                    Some(e) => e,
-                    None => Error::new(ErrorKind::Backend, "kafka: records were neither sent nor refused"),
-                };
-                Err(SendError {
-                    error,
-                    delivered,
-                    unsent,
-                })
-            }
+            cause => Err(SendError {
+                error: cause.unwrap_or_else(|| {
+                    Error::new(ErrorKind::Backend, "kafka: records were neither sent nor refused")
+                }),
+                delivered,
+                unsent,
+            }),
         }
     }
 
@@ -368,11 +357,26 @@ impl KafkaProducer {
 
 fn resolve<E>(result: Result<OwnedDeliveryResult, E>) -> Outcome {
     match result {
-        Ok(Ok(d)) => Outcome::Delivered(Delivery {
-            partition: PartitionId::from_index(u32::try_from(d.partition).unwrap_or_default()),
-            offset: Offset::new(u64::try_from(d.offset).unwrap_or_default()),
-            timestamp: d.timestamp.to_millis().map(Timestamp::from_millis),
-        }),
+        Ok(Ok(d)) => match (u32::try_from(d.partition), u64::try_from(d.offset)) {
+            (Ok(partition), Ok(offset)) => Outcome::Delivered(Delivery {
+                partition: PartitionId::from_index(partition),
+                offset: Offset::new(offset),
+                timestamp: d.timestamp.to_millis().map(Timestamp::from_millis),
+            }),
+            // librdkafka confirms a request implicitly when a later request to the same
+            // partition succeeds, since a broker checking producer sequences would have
+            // refused the later one; such a report has no offset. Where the record is
+            // (or whether it is there at all, on a broker that checks no sequences) is
+            // unknown, so it is not reported as delivered anywhere.
+            _ => Outcome::Failed(Error::new(
+                ErrorKind::Indeterminate,
+                format!(
+                    "kafka: partition {} confirmed the record without an offset (implicitly, \
+                     by a later request's success): it may be in the log",
+                    d.partition
+                ),
+            )),
+        },
         Ok(Err((e, _))) => Outcome::Failed(delivery_error(e)),
         Err(_) => Outcome::Failed(Error::new(
             ErrorKind::Indeterminate,

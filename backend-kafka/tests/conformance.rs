@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tributary_conformance::{Harness, Timing};
-use tributary_core::{Backend, Result, async_trait};
+use tributary_conformance::{Expected, Harness, Timing};
+use tributary_core::{Backend, Capabilities, Result, async_trait};
 use tributary_kafka::{KafkaBackend, KafkaConfig};
 
 struct KafkaHarness {
@@ -26,6 +26,14 @@ impl KafkaHarness {
 
 #[async_trait]
 impl Harness for KafkaHarness {
+    /// Everything runs; records up to the default 1,000,000 bytes.
+    fn expected(&self) -> Expected {
+        Expected {
+            capabilities: Capabilities::durable_log(1_000_000),
+            skips: &[],
+        }
+    }
+
     fn unavailable(&self) -> Option<String> {
         match self.bootstrap {
             Some(_) => None,

@@ -1,16 +1,19 @@
 //! Faults no real single broker can produce on demand, from librdkafka's in-process
 //! mock cluster: brokers going down and produce requests failing while an idempotent
-//! producer sends keyed records. What was acknowledged must all be there, once, in
-//! order; a timed-out send must say Indeterminate; a retryable failure hands back
-//! exactly the records to resend.
+//! producer sends keyed records. What was acknowledged must all be there, where its
+//! delivery said, once, in order; a timed-out send must say Indeterminate; a retryable
+//! failure hands back exactly the records to resend.
 //!
 //! One limit of the mock: it checks producer sequence numbers only for transactional
-//! producers (`rd_kafka_mock_pid_check` returns early without a transactional id), so
-//! when a broker goes down after appending a request but before its response left, the
-//! idempotent producer's retry is appended a second time — a real broker would drop it
-//! as a duplicate sequence. The test therefore tells those re-appends apart (a whole
-//! earlier run of the log written again, right behind it or later) from any other
-//! duplicate, which still fails it.
+//! producers (`rd_kafka_mock_validate_records` returns early without a transactional
+//! id), so a request that librdkafka retries after its answer was lost is appended a
+//! second time, where a real broker would drop it as a duplicate sequence. (A
+//! transactional producer cannot be used instead: librdkafka refuses records outside a
+//! transaction, and the mock writes no abort markers, so aborted batches would read as
+//! committed.) Each send attempt therefore stamps its records with an `attempt` header:
+//! two copies from the same attempt are librdkafka's retry of one request appended twice
+//! by the mock, counted and printed; copies from different attempts mean a record
+//! reported unsent had been written, and fail the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -41,6 +44,24 @@ struct Ledger {
     errors: BTreeMap<String, usize>,
     /// Records handed back as unsent by a retryable error and sent again.
     resent: usize,
+    /// What every send attempt said of each value, in order: the evidence for a record
+    /// that goes missing.
+    history: HashMap<String, Vec<String>>,
+}
+
+impl Ledger {
+    fn note(&mut self, value: &str, what: String) {
+        self.history.entry(value.to_string()).or_default().push(what);
+    }
+}
+
+/// A record of the fault test: its value names its key and sequence number; the
+/// header names the send attempt it belongs to.
+fn chaos_record(value: &str, attempt: u32) -> Record {
+    let key = value.split_once(':').map_or(value, |(k, _)| k).to_string();
+    Record::new(value.to_string())
+        .with_key(key)
+        .with_header("attempt", attempt.to_string())
 }
 
 /// Sends until TARGET_ACKED records are acknowledged and the chaos has had its turn
@@ -48,53 +69,60 @@ struct Ledger {
 async fn produce(producer: Box<dyn Producer>, chaos_done: Arc<AtomicBool>) -> Ledger {
     let mut ledger = Ledger::default();
     let mut seq = 0u64;
+    let mut attempt = 0u32;
     while ledger.acked.len() < TARGET_ACKED || !chaos_done.load(Ordering::SeqCst) {
-        let mut records: Vec<Record> = (0..BATCH)
+        let mut values: Vec<String> = (0..BATCH)
             .map(|_| {
                 seq += 1;
-                let key = format!("k{}", seq % 40);
-                Record::new(format!("{key}:{seq:08}")).with_key(key)
+                format!("k{}:{seq:08}", seq % 40)
             })
             .collect();
         // Resend what a retryable failure handed back; never what may be persisted.
-        for _attempt in 0..50 {
-            let values: Vec<String> = records
-                .iter()
-                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
-                .collect();
+        for _ in 0..50 {
+            attempt += 1;
+            let records = values.iter().map(|v| chaos_record(v, attempt)).collect();
             match producer.send(TOPIC, records).await {
                 Ok(deliveries) => {
                     for (v, d) in values.into_iter().zip(deliveries) {
-                        ledger
-                            .acked
-                            .insert(v, (d.partition.index().unwrap(), d.offset.as_u64().unwrap()));
+                        let at = (d.partition.index().unwrap(), d.offset.as_u64().unwrap());
+                        ledger.note(&v, format!("attempt {attempt}: delivered at {at:?}"));
+                        ledger.acked.insert(v, at);
                     }
                     break;
                 }
                 Err(e) => {
                     *ledger.errors.entry(format!("{:?}", e.kind())).or_default() += 1;
                     for (i, d) in &e.delivered {
-                        ledger.acked.insert(
-                            values[*i].clone(),
-                            (d.partition.index().unwrap(), d.offset.as_u64().unwrap()),
+                        let at = (d.partition.index().unwrap(), d.offset.as_u64().unwrap());
+                        let what = format!("attempt {attempt}: delivered at {at:?} in a batch that failed");
+                        ledger.note(&values[*i], what);
+                        ledger.acked.insert(values[*i].clone(), at);
+                    }
+                    let unsent: Vec<String> = e
+                        .unsent
+                        .iter()
+                        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+                        .collect();
+                    for v in &unsent {
+                        ledger.note(
+                            v,
+                            format!("attempt {attempt}: unsent: {:?}: {}", e.kind(), e.error),
                         );
                     }
                     let confirmed: HashSet<usize> = e.delivered.iter().map(|(i, _)| *i).collect();
                     assert_eq!(
-                        confirmed.len() + e.unsent.len(),
+                        confirmed.len() + unsent.len(),
                         values.len(),
                         "every record is either confirmed or handed back"
                     );
                     if e.kind() == ErrorKind::Indeterminate {
-                        for r in &e.unsent {
-                            ledger.maybe.insert(String::from_utf8(r.value.to_vec()).unwrap());
-                        }
+                        ledger.maybe.extend(unsent);
                         break;
                     }
                     assert!(e.is_retryable(), "unexpected error: {}", e.error);
-                    ledger.resent += e.unsent.len();
-                    records = e.unsent;
-                    if records.is_empty() {
+                    ledger.resent += unsent.len();
+                    values = unsent;
+                    if values.is_empty() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -104,6 +132,51 @@ async fn produce(producer: Box<dyn Producer>, chaos_done: Arc<AtomicBool>) -> Le
     }
     producer.close().await.unwrap();
     ledger
+}
+
+/// A record read back: where it is and which send attempt wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Copy {
+    partition: u32,
+    offset: u64,
+    attempt: String,
+}
+
+/// Splits the records found more than once into librdkafka's retries of one request
+/// that the mock appended twice (copies of one send attempt) and real duplicates
+/// (copies of different attempts: a record reported unsent was written). Returns the
+/// number of extra copies of the first kind and the values of the second.
+fn duplicates(seen: &HashMap<String, Vec<Copy>>) -> (usize, Vec<String>) {
+    let (mut reappended, mut real) = (0, Vec::new());
+    for (value, copies) in seen {
+        let attempts: HashSet<&str> = copies.iter().map(|c| c.attempt.as_str()).collect();
+        if attempts.len() > 1 {
+            real.push(value.clone());
+        } else {
+            reappended += copies.len() - 1;
+        }
+    }
+    real.sort();
+    (reappended, real)
+}
+
+#[test]
+fn duplicates_are_attributed_by_send_attempt_not_by_shape() {
+    let copy = |offset, attempt: &str| Copy {
+        partition: 0,
+        offset,
+        attempt: attempt.to_string(),
+    };
+    let seen = HashMap::from([
+        ("once".to_string(), vec![copy(0, "1")]),
+        (
+            "retried".to_string(),
+            vec![copy(1, "1"), copy(5, "1"), copy(9, "1")],
+        ),
+        ("resent".to_string(), vec![copy(2, "1"), copy(3, "2")]),
+    ]);
+    assert_eq!(duplicates(&seen), (2, vec!["resent".to_string()]));
+    assert_eq!(duplicates(&HashMap::new()), (0, vec![]));
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -171,32 +244,37 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
     }
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
 
-    // Read everything back.
+    // Read everything back: every partition up to the end it has now that producing
+    // is over, whatever was acknowledged.
+    let ends = high_watermarks(&cluster);
     let mut consumer = backend.consumer(ConsumerConfig::broadcast(TOPIC)).await.unwrap();
-    let expected_min = ledger.acked.len();
-    let mut seen: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
+    let mut seen: HashMap<String, Vec<Copy>> = HashMap::new();
     let mut per_partition: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
-    let mut quiet = 0;
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while quiet < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "read {} of at least {expected_min} records in 2 minutes",
-            seen.len()
-        );
-        let batch = consumer.poll(10_000, Duration::from_secs(1)).await.unwrap();
-        if batch.is_empty() {
-            if seen.len() >= expected_min {
-                quiet += 1;
-            }
-            continue;
+    let mut stalled = false;
+    while ends
+        .iter()
+        .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
+    {
+        if std::time::Instant::now() >= deadline {
+            stalled = true;
+            break;
         }
-        quiet = 0;
-        for r in batch {
+        for r in consumer.poll(10_000, Duration::from_secs(1)).await.unwrap() {
             let v = String::from_utf8(r.value.to_vec()).unwrap();
-            let at = (r.partition.index().unwrap(), r.offset.as_u64().unwrap());
-            seen.entry(v.clone()).or_default().push(at);
-            per_partition.entry(at.0).or_default().push((at.1, v));
+            let (partition, offset) = (r.partition.index().unwrap(), r.offset.as_u64().unwrap());
+            let attempt = r
+                .headers
+                .get("attempt")
+                .map(|a| String::from_utf8_lossy(a).into_owned());
+            seen.entry(v.clone()).or_default().push(Copy {
+                partition,
+                offset,
+                attempt: attempt.unwrap_or_default(),
+            });
+            per_partition.entry(partition).or_default().push((offset, v));
+            next.insert(partition, offset + 1);
         }
     }
     consumer.close().await.unwrap();
@@ -205,25 +283,35 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
     let moved: Vec<&String> = ledger
         .acked
         .iter()
-        .filter(|(v, at)| seen.get(*v).is_some_and(|s| !s.contains(at)))
+        .filter(|(v, at)| {
+            seen.get(*v)
+                .is_some_and(|copies| !copies.iter().any(|c| (c.partition, c.offset) == **at))
+        })
         .map(|(v, _)| v)
         .collect();
-    let (reappended, duplicated) = mock_reappends(&per_partition);
+    let (reappended, duplicated) = duplicates(&seen);
     let unexplained: Vec<&String> = seen
         .keys()
         .filter(|v| !ledger.acked.contains_key(*v) && !ledger.maybe.contains(*v))
         .collect();
     let maybe_persisted = ledger.maybe.iter().filter(|v| seen.contains_key(*v)).count();
+    if !lost.is_empty() {
+        report_lost(&ledger, &lost, &per_partition, &ends);
+    }
     eprintln!(
         "acknowledged {}, indeterminate {} (of which in the log: {maybe_persisted}), resent {}, \
          errors {:?}, broker outages {downs}, injected produce errors {injected}, \
-         records the mock appended twice for a retried request {reappended}",
+         extra copies the mock appended for librdkafka's retries {reappended}",
         ledger.acked.len(),
         ledger.maybe.len(),
         ledger.resent,
         ledger.errors
     );
     assert!(ledger.acked.len() >= TARGET_ACKED);
+    assert!(
+        !stalled,
+        "the partitions were not read to {ends:?} in 2 minutes: {next:?}"
+    );
     assert!(
         lost.is_empty(),
         "acknowledged records lost: {:?}",
@@ -236,7 +324,7 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
     );
     assert!(
         duplicated.is_empty(),
-        "duplicates that are no re-append of a retried request: {:?}",
+        "records written by two send attempts (reported unsent, yet written): {:?}",
         &duplicated[..duplicated.len().min(5)]
     );
     assert!(
@@ -249,7 +337,7 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
         "sends that timed out while a broker was down end Indeterminate"
     );
     // Per partition, records of one key keep the order they were sent in (first copies;
-    // the mock's re-appends repeat an earlier run).
+    // the mock's re-appends of a retried request come after the first).
     for (partition, records) in &per_partition {
         let mut last: HashMap<&str, &str> = HashMap::new();
         let mut first_copies = HashSet::new();
@@ -268,67 +356,56 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
     }
 }
 
-/// Splits the records found more than once into the mock's re-appends of retried
-/// requests and everything else. When a broker goes down after appending some of the
-/// requests in flight to a partition, the producer retries all of them in order, so the
-/// log repeats exactly its own tail from the first unanswered request: a copy starting at
-/// position `i` whose first copy is at `start` must be followed by the rest of
-/// `start..i`, in order. Returns the number of re-appended records and the values of any
-/// other duplicate.
-fn mock_reappends(per_partition: &BTreeMap<u32, Vec<(u64, String)>>) -> (usize, Vec<String>) {
-    let (mut reappended, mut other) = (0, Vec::new());
-    for records in per_partition.values() {
-        let mut first_at: HashMap<&str, usize> = HashMap::new();
-        let mut i = 0;
-        while i < records.len() {
-            let Some(&start) = first_at.get(records[i].1.as_str()) else {
-                first_at.insert(&records[i].1, i);
-                i += 1;
-                continue;
-            };
-            let tail = &records[start..i];
-            let repeats_tail = records
-                .get(i..i + tail.len())
-                .is_some_and(|copy| copy.iter().zip(tail).all(|(c, t)| c.1 == t.1));
-            if repeats_tail {
-                reappended += tail.len();
-                i += tail.len();
-            } else {
-                other.push(records[i].1.clone());
-                i += 1;
-            }
-        }
-    }
-    (reappended, other)
+/// The end (high watermark) of every partition of the test topic.
+fn high_watermarks(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+) -> BTreeMap<u32, u64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let watcher: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    (0..PARTITIONS)
+        .map(|p| {
+            let (_, high) = watcher
+                .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+                .unwrap();
+            (p as u32, u64::try_from(high).unwrap())
+        })
+        .collect()
 }
 
-#[test]
-fn mock_reappends_are_told_apart_from_other_duplicates() {
-    let log = |values: &[&str]| -> BTreeMap<u32, Vec<(u64, String)>> {
-        let records = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, v.to_string()))
+/// Prints, for each lost record, what every send attempt said of it and what the log
+/// holds where its delivery pointed, and each partition's end and what was read.
+fn report_lost(
+    ledger: &Ledger,
+    lost: &[&String],
+    per_partition: &BTreeMap<u32, Vec<(u64, String)>>,
+    ends: &BTreeMap<u32, u64>,
+) {
+    for (partition, end) in ends {
+        let records = per_partition.get(partition).map_or(&[][..], Vec::as_slice);
+        eprintln!(
+            "partition {partition}: end {end}, read {} records, last offset {:?}",
+            records.len(),
+            records.last().map(|r| r.0)
+        );
+    }
+    for value in lost.iter().take(20) {
+        let at = ledger.acked[*value];
+        let there: Vec<&String> = per_partition
+            .get(&at.0)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.0 == at.1)
+            .map(|r| &r.1)
             .collect();
-        BTreeMap::from([(0, records)])
-    };
-    assert_eq!(mock_reappends(&log(&["a", "b", "c"])), (0, vec![]));
-    assert_eq!(mock_reappends(&log(&["a", "b", "a", "b", "c"])), (2, vec![]));
-    assert_eq!(mock_reappends(&log(&["a", "b", "c", "b", "c", "d"])), (2, vec![]));
-    assert_eq!(mock_reappends(&log(&["a", "a", "b", "b"])), (2, vec![]));
-    // A copy of an older record, or a repeat cut short, is not a retried request.
-    assert_eq!(
-        mock_reappends(&log(&["a", "b", "c", "a"])),
-        (0, vec!["a".to_string()])
-    );
-    assert_eq!(
-        mock_reappends(&log(&["a", "b", "a", "c"])),
-        (0, vec!["a".to_string()])
-    );
-    assert_eq!(
-        mock_reappends(&log(&["a", "b", "b", "a"])),
-        (1, vec!["a".to_string()])
-    );
+        eprintln!(
+            "lost {value}: delivery said {at:?}, the log holds {there:?} there, ever indeterminate: {}, history: {:?}",
+            ledger.maybe.contains(*value),
+            ledger.history.get(*value)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,4 +464,78 @@ async fn a_fatal_idempotence_error_is_reported_and_the_producer_replaced() {
         "the producer was not replaced: {:?}",
         after.err().map(|e| e.error)
     );
+}
+
+/// librdkafka confirms a request implicitly when a later one to the same partition
+/// succeeds (a broker checking sequences would have refused the later one otherwise),
+/// and such a report carries no offset. The mock checks no sequences of idempotent
+/// producers, so a first request refused and the next ones appended make it happen on
+/// demand: the first record is in no log. Tributary used to report it delivered at
+/// offset 0 (librdkafka's -1001 read as 0): the cause of the fault test's misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_confirmed_without_an_offset_is_indeterminate() {
+    let cluster = MockCluster::new(1).expect("a mock cluster");
+    cluster.create_topic("implicit", 1, 1).unwrap();
+    let mut config = KafkaConfig::new(cluster.bootstrap_servers());
+    config.linger = Duration::ZERO;
+    // One record per request, so five records are five requests in flight at once.
+    config.librdkafka.insert("batch.num.messages".into(), "1".into());
+    let backend = KafkaBackend::new(config).unwrap();
+    let producer = backend.producer(ProducerConfig::default()).await.unwrap();
+    producer
+        .send("implicit", vec![Record::new("first")])
+        .await
+        .unwrap();
+    // Slow answers: every request is on the wire before the first answer returns.
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(300))
+        .unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS],
+    );
+    let records: Vec<Record> = (0..5).map(|i| Record::new(format!("r{i}"))).collect();
+    let err = producer.send("implicit", records).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Indeterminate, "{}", err.error);
+    assert!(
+        err.error.to_string().contains("without an offset"),
+        "{}",
+        err.error
+    );
+    let unsent: Vec<String> = err
+        .unsent
+        .iter()
+        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+        .collect();
+    assert_eq!(unsent, ["r0"], "only the implicitly confirmed record is in doubt");
+    cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+
+    let mut consumer = backend
+        .consumer(ConsumerConfig::broadcast("implicit"))
+        .await
+        .unwrap();
+    let mut log = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while log.len() < 5 && std::time::Instant::now() < deadline {
+        for r in consumer.poll(100, Duration::from_millis(200)).await.unwrap() {
+            log.insert(
+                r.offset.as_u64().unwrap(),
+                String::from_utf8(r.value.to_vec()).unwrap(),
+            );
+        }
+    }
+    // What the mock did (a real broker would have refused r1..r4): r0 is nowhere.
+    assert_eq!(
+        log.values().collect::<Vec<_>>(),
+        ["first", "r1", "r2", "r3", "r4"],
+        "the mock appended the requests after the refused one"
+    );
+    for (i, d) in &err.delivered {
+        assert_eq!(
+            log.get(&d.offset.as_u64().unwrap()),
+            Some(&format!("r{i}")),
+            "every delivery points at its record"
+        );
+    }
+    assert_eq!(err.delivered.len(), 4);
 }

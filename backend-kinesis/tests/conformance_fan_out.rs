@@ -7,10 +7,17 @@
 
 mod common;
 
+use tributary_conformance::Expected;
+use tributary_core::Capabilities;
 use tributary_kinesis::{LeaseStoreKind, ReaderKind};
 
 tributary_conformance::suite!(common::KinesisHarness::new(
     ReaderKind::FanOut,
     true,
-    LeaseStoreKind::Memory
+    LeaseStoreKind::Memory,
+    // Everything runs.
+    Expected {
+        capabilities: Capabilities::durable_log(1024 * 1024),
+        skips: &[],
+    }
 ));

@@ -150,7 +150,9 @@ impl Producer for NativeProducer {
             }
         }
         let mut deliveries: Vec<Option<Delivery>> = vec![None; routes.len()];
-        let mut failed: Option<(Error, Vec<usize>, Vec<Record>)> = None;
+        // Failures in the order they happened, and the records they left unconfirmed.
+        let mut failures: Vec<Error> = Vec::new();
+        let mut unsent: Vec<(usize, Record)> = Vec::new();
         let mut to_sync: Vec<(Arc<PartitionLog>, u64, Vec<usize>, Vec<Record>)> = Vec::new();
         for (p, (indexes, recs)) in by_partition {
             let Some(log) = handle.log(p) else { continue };
@@ -169,9 +171,8 @@ impl Producer for NativeProducer {
                     }
                 }
                 Err(e) => {
-                    let entry = failed.get_or_insert_with(|| (e, Vec::new(), Vec::new()));
-                    entry.1.extend(indexes);
-                    entry.2.extend(recs);
+                    failures.push(e);
+                    unsent.extend(indexes.into_iter().zip(recs));
                 }
             }
         }
@@ -181,18 +182,16 @@ impl Producer for NativeProducer {
                 for &i in &indexes {
                     deliveries[i] = None;
                 }
-                let entry = failed.get_or_insert_with(|| (e, Vec::new(), Vec::new()));
-                entry.1.extend(indexes);
-                entry.2.extend(recs);
+                failures.push(e);
+                unsent.extend(indexes.into_iter().zip(recs));
             }
         }
         if self.engine.config.durability == Durability::Sync {
             handle.notify.notify_waiters();
         }
-        match failed {
+        match SendError::cause_of(failures) {
             None => Ok(deliveries.into_iter().flatten().collect()),
-            Some((error, indexes, recs)) => {
-                let mut unsent: Vec<(usize, Record)> = indexes.into_iter().zip(recs).collect();
+            Some(error) => {
                 unsent.sort_by_key(|(i, _)| *i);
                 Err(SendError {
                     error,

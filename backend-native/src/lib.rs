@@ -17,7 +17,7 @@ use tributary_core::{
 };
 
 pub use config::{Durability, NativeConfig, default_dir};
-pub use log::{RecoveryReport, check_index};
+pub use log::{LostDurable, RecoveryReport, check_index};
 use storage::{DiskStorage, Storage};
 
 /// The most partitions a native stream may have.

@@ -173,18 +173,20 @@ pub fn check_index(bytes: &[u8], base: u64) -> bool {
     parse_index(bytes, base).is_some()
 }
 
-const CHECKPOINT_MAGIC: [u8; 4] = *b"TRC\x01";
-const CHECKPOINT_SLOT: usize = 32;
+const CHECKPOINT_MAGIC: [u8; 4] = *b"TRC\x02";
+const CHECKPOINT_SLOT: usize = 40;
 const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// How far a partition is known to be durable: everything before `position` of the
-/// segment based at `base` (and every earlier segment) was synced. Kept in two
-/// CRC-checked slots written in turn without a sync of their own: a lost or torn
-/// write only leaves the older slot, which is conservative.
+/// segment based at `base` (and every earlier segment) was synced, and `offset` is the
+/// offset of the first record not covered. Kept in two CRC-checked slots written in
+/// turn without a sync of their own: a lost or torn write only leaves the older slot,
+/// which is conservative. Once read back, a log ending before it has lost synced data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Checkpoint {
     base: u64,
     position: u64,
+    offset: u64,
 }
 
 fn encode_checkpoint(seq: u64, c: Checkpoint) -> [u8; CHECKPOINT_SLOT] {
@@ -193,6 +195,7 @@ fn encode_checkpoint(seq: u64, c: Checkpoint) -> [u8; CHECKPOINT_SLOT] {
     slot[8..16].copy_from_slice(&seq.to_le_bytes());
     slot[16..24].copy_from_slice(&c.base.to_le_bytes());
     slot[24..32].copy_from_slice(&c.position.to_le_bytes());
+    slot[32..40].copy_from_slice(&c.offset.to_le_bytes());
     let crc = crc32c::crc32c(&slot[8..]);
     slot[4..8].copy_from_slice(&crc.to_le_bytes());
     slot
@@ -212,10 +215,51 @@ fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, Checkpoint)> {
                 Checkpoint {
                     base: word(16),
                     position: word(24),
+                    offset: word(32),
                 },
             )
         })
         .max_by_key(|(seq, _)| *seq)
+}
+
+/// Where a partition's log was found to end at open: the end of its last segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LogEnd {
+    base: u64,
+    size: u64,
+    offset: u64,
+}
+
+/// Whether a log found ending at `end` has lost records its checkpoint says were
+/// synced: it ends at a smaller offset, or its last synced segment is shorter than the
+/// synced position (cut, zeroed, or removed with the records after it). A missing
+/// empty segment at the durable end loses nothing and is not a loss.
+fn lost_durable(end: LogEnd, durable: Option<Checkpoint>) -> Option<LostDurable> {
+    let c = durable?;
+    let short = end.offset < c.offset || (end.base == c.base && end.size < c.position);
+    short.then_some(LostDurable {
+        durable_end: c.offset,
+        found_end: end.offset,
+    })
+}
+
+/// Whether damage found while scanning a segment at byte `pos` is a torn tail to cut
+/// off. Only the last segment has one, and only past what was synced: before it the
+/// bytes were durable, so the damage is real. Without a readable checkpoint, damage
+/// followed by a valid batch (`valid_after`) is taken as real.
+fn is_torn_tail(
+    is_last: bool,
+    at: Checkpoint,
+    durable: Option<Checkpoint>,
+    valid_after: impl FnOnce() -> bool,
+) -> bool {
+    if !is_last {
+        return false;
+    }
+    match durable {
+        Some(c) => (at.base, at.position) >= (c.base, c.position),
+        None => !valid_after(),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -232,8 +276,22 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Bytes verified by scanning (segments whose saved index did not match).
     pub scanned_bytes: u64,
-    /// Damage found in the middle of the log: readable up to it, refused after.
+    /// Damage found in the log: readable up to it, refused after (reads at or past it
+    /// and every write get `Corruption`). Also set when the log lost synced records.
     pub damage: Option<String>,
+    /// Set when the log ends before what its checkpoint says was synced (cut, zeroed,
+    /// or its last segment removed): those records are gone, and their offsets are
+    /// never given to new records.
+    pub lost: Option<LostDurable>,
+}
+
+/// A partition's log ends before records it had synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostDurable {
+    /// The offset the checkpoint says every record before was synced.
+    pub durable_end: u64,
+    /// The offset the log was found to end at.
+    pub found_end: u64,
 }
 
 /// A recent batch kept in memory, decoded at most once for all readers.
@@ -251,6 +309,17 @@ impl Cached {
             .as_ref()
             .map_err(Clone::clone)
     }
+}
+
+/// Where a read from disk goes: records from offset `from`, in `file` from byte `pos`
+/// up to `size` (what was written), none at or past offset `limit`.
+struct DiskSpan<'a> {
+    from: u64,
+    file: &'a dyn StorageFile,
+    path: &'a Path,
+    pos: u64,
+    size: u64,
+    limit: u64,
 }
 
 #[derive(Debug)]
@@ -412,18 +481,30 @@ impl PartitionLog {
         }
         bases.sort_unstable();
         let log = Self::empty(dir.clone(), storage.clone(), config);
+        let checkpoint = read_all(&*storage, &dir.join(CHECKPOINT_FILE))
+            .ok()
+            .and_then(|b| decode_checkpoint(&b))
+            .map(|(_, c)| c);
         let mut inner = log.lock();
         if bases.is_empty() {
-            log.new_segment(&mut inner, 0)?;
+            let nothing = LogEnd {
+                base: 0,
+                size: 0,
+                offset: 0,
+            };
+            let Some(lost) = lost_durable(nothing, checkpoint) else {
+                log.new_segment(&mut inner, 0)?;
+                drop(inner);
+                log.open_checkpoint(None)?;
+                return Ok((log, report));
+            };
+            // Kept as found, without a segment: every read and write is refused.
+            log.note_lost(&mut inner, &mut report, lost, "has no segment files");
             drop(inner);
             log.open_checkpoint(None)?;
             return Ok((log, report));
         }
         let last = bases.len() - 1;
-        let checkpoint = read_all(&*storage, &dir.join(CHECKPOINT_FILE))
-            .ok()
-            .and_then(|b| decode_checkpoint(&b))
-            .map(|(_, c)| c);
         let mut unclean = false;
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(&dir, base);
@@ -463,7 +544,22 @@ impl PartitionLog {
             inner.next_offset = segment.next_offset;
             inner.segments.insert(base, segment);
         }
-        if let Some(d) = &inner.damage {
+        if inner.damage.is_none()
+            && let Some((_, active)) = inner.segments.iter().next_back()
+        {
+            let end = LogEnd {
+                base: active.base,
+                size: active.size,
+                offset: active.next_offset,
+            };
+            if let Some(lost) = lost_durable(end, checkpoint) {
+                let found = format!("ends at byte {} of {}", active.size, active.path.display());
+                log.note_lost(&mut inner, &mut report, lost, &found);
+            }
+        }
+        if let Some(d) = &inner.damage
+            && report.damage.is_none()
+        {
             report.damage = Some(d.message.clone());
             tracing::error!(partition = %dir.display(), damage = %d.message, "log damaged: readable up to the damage, writes refused");
         }
@@ -480,6 +576,7 @@ impl PartitionLog {
                 Some(Checkpoint {
                     base: active.base,
                     position: active.size,
+                    offset: active.next_offset,
                 })
             }
             _ => None,
@@ -491,9 +588,29 @@ impl PartitionLog {
         Ok((log, report))
     }
 
-    /// Verifies a segment batch by batch, rebuilding its index. A bad batch with no
-    /// valid batch after it is a torn tail (cut off, if this is the last segment);
-    /// with valid batches after it, it is damage in the middle (reported, kept).
+    /// Records that the log lost synced records: damage at the end found, so reads
+    /// there and every write are refused and no offset is handed out twice.
+    fn note_lost(&self, inner: &mut Inner, report: &mut RecoveryReport, lost: LostDurable, found: &str) {
+        inner.next_offset = lost.found_end;
+        let message = format!(
+            "{}: the records below offset {} were synced, but the log {found} and holds only those below {}: {} record(s) lost",
+            self.dir.display(),
+            lost.durable_end,
+            lost.found_end,
+            lost.durable_end.saturating_sub(lost.found_end)
+        );
+        tracing::error!(partition = %self.dir.display(), damage = %message, "log lost synced records: readable up to them, writes refused");
+        report.damage = Some(message.clone());
+        report.lost = Some(lost);
+        inner.damage = Some(Damage {
+            offset: lost.found_end,
+            message,
+        });
+    }
+
+    /// Verifies a segment batch by batch, rebuilding its index. A bad batch in the last
+    /// segment past its synced position is a torn tail (cut off); anywhere else it is
+    /// damage (reported, kept), see [`is_torn_tail`].
     fn scan(
         &self,
         segment: &mut Segment,
@@ -545,17 +662,29 @@ impl PartitionLog {
         // Past the last synced position, a power loss may have kept later pages and lost
         // earlier ones (writeback has no order): damage there is a torn tail, whatever
         // follows it. Before it, the bytes were durable: damage is real and reported.
-        let past_durable = checkpoint.is_some_and(|c| {
-            Checkpoint {
-                base: segment.base,
-                position: pos,
-            } >= c
-        });
-        let in_the_middle = !is_last || (!past_durable && self.valid_batch_after(segment, pos, expected));
-        if in_the_middle {
+        let at = Checkpoint {
+            base: segment.base,
+            position: pos,
+            offset: expected,
+        };
+        if !is_torn_tail(is_last, at, checkpoint, || {
+            self.valid_batch_after(segment, pos, expected)
+        }) {
+            let mut message = format!("{} at byte {pos}: {why}", segment.path.display());
+            // The last segment damaged before its synced end: the log ends early.
+            if let Some(c) = checkpoint.filter(|c| is_last && c.offset > expected) {
+                report.lost = Some(LostDurable {
+                    durable_end: c.offset,
+                    found_end: expected,
+                });
+                message = format!(
+                    "{message}; the records below offset {} were synced, only those below {expected} are readable",
+                    c.offset
+                );
+            }
             inner.damage = Some(Damage {
                 offset: expected,
-                message: format!("{} at byte {pos}: {why}", segment.path.display()),
+                message,
             });
             return Ok(());
         }
@@ -655,6 +784,7 @@ impl PartitionLog {
         self.record_durable(Checkpoint {
             base: next,
             position: 0,
+            offset: next,
         });
         Ok(())
     }
@@ -839,6 +969,7 @@ impl PartitionLog {
                 Checkpoint {
                     base: active.base,
                     position: active.written,
+                    offset: inner.written_offset,
                 },
             );
             inner.dirty = false;
@@ -945,61 +1076,26 @@ impl PartitionLog {
             }
             return Ok(out);
         }
-        let Some((from, file, path, mut pos, size, limit)) = disk else {
+        let Some((from, file, path, pos, size, limit)) = disk else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        while out.len() < max && pos < size {
-            let want = READ_CHUNK.min((size - pos) as usize);
-            scratch.clear();
-            scratch.reserve(want);
-            scratch.resize(want, 0);
-            let n = file
-                .read_at(scratch, pos)
-                .map_err(|e| io_error("reading", &path, e))?;
-            scratch.truncate(n);
-            let chunk = scratch.split().freeze();
-            let mut at = 0usize;
-            while out.len() < max && at < chunk.len() {
-                let header = match codec::decode_header(&chunk[at..], self.config.max_batch_body) {
-                    Ok(h) => h,
-                    Err(DecodeError::Truncated { .. }) if at > 0 => break,
-                    Err(e) => return Err(corruption(&path, pos + at as u64, &e)),
-                };
-                if at + header.total_len() > chunk.len() {
-                    if at > 0 {
-                        break;
-                    }
-                    // One batch larger than a chunk: read it whole.
-                    let (h, whole) = read_batch(&*file, pos, size, self.config.max_batch_body)
-                        .map_err(|e| corruption(&path, pos, &e))?;
-                    if h.base_offset >= limit {
-                        return Ok(out);
-                    }
-                    out.extend(
-                        codec::decode_records(&h, &whole, from).map_err(|e| corruption(&path, pos, &e))?,
-                    );
-                    at = h.total_len();
-                    break;
-                }
-                if header.base_offset >= limit {
-                    return Ok(out);
-                }
-                let batch = chunk.slice(at..at + header.total_len());
-                if header.next_offset() > from {
-                    let records = codec::decode_records(&header, &batch, from)
-                        .map_err(|e| corruption(&path, pos + at as u64, &e))?;
-                    out.extend(records);
-                }
-                at += header.total_len();
+        let span = DiskSpan {
+            from,
+            file: &*file,
+            path: &path,
+            pos,
+            size,
+            limit,
+        };
+        match self.read_disk(span, max, scratch, &mut out) {
+            // What was read before the damage is returned; the next read starts at it.
+            Err(e) if out.is_empty() => Err(e),
+            _ => {
+                out.truncate(max);
+                Ok(out)
             }
-            if at == 0 {
-                break;
-            }
-            pos += at as u64;
         }
-        out.truncate(max);
-        Ok(out)
     }
 
     /// The offset of the first record whose timestamp is at least `t`, or the next
@@ -1030,6 +1126,75 @@ impl PartitionLog {
             }
             from = last.offset + 1;
         }
+    }
+
+    /// Reads records of one segment file into `out`, batch by batch from `span.pos`,
+    /// stopping before `span.limit`, at `max` records or at the end of what was written.
+    fn read_disk(
+        &self,
+        span: DiskSpan<'_>,
+        max: usize,
+        scratch: &mut BytesMut,
+        out: &mut Vec<DecodedRecord>,
+    ) -> Result<()> {
+        let DiskSpan {
+            from,
+            file,
+            path,
+            mut pos,
+            size,
+            limit,
+        } = span;
+        while out.len() < max && pos < size {
+            let want = READ_CHUNK.min((size - pos) as usize);
+            scratch.clear();
+            scratch.reserve(want);
+            scratch.resize(want, 0);
+            let n = file
+                .read_at(scratch, pos)
+                .map_err(|e| io_error("reading", path, e))?;
+            scratch.truncate(n);
+            let chunk = scratch.split().freeze();
+            let mut at = 0usize;
+            while out.len() < max && at < chunk.len() {
+                let header = match codec::decode_header(&chunk[at..], self.config.max_batch_body) {
+                    Ok(h) => h,
+                    Err(DecodeError::Truncated { .. }) if at > 0 => break,
+                    Err(e) => return Err(corruption(path, pos + at as u64, &e)),
+                };
+                if at + header.total_len() > chunk.len() {
+                    if at > 0 {
+                        break;
+                    }
+                    // One batch larger than a chunk: read it whole.
+                    let (h, whole) = read_batch(file, pos, size, self.config.max_batch_body)
+                        .map_err(|e| corruption(path, pos, &e))?;
+                    if h.base_offset >= limit {
+                        return Ok(());
+                    }
+                    out.extend(
+                        codec::decode_records(&h, &whole, from).map_err(|e| corruption(path, pos, &e))?,
+                    );
+                    at = h.total_len();
+                    break;
+                }
+                if header.base_offset >= limit {
+                    return Ok(());
+                }
+                let batch = chunk.slice(at..at + header.total_len());
+                if header.next_offset() > from {
+                    let records = codec::decode_records(&header, &batch, from)
+                        .map_err(|e| corruption(path, pos + at as u64, &e))?;
+                    out.extend(records);
+                }
+                at += header.total_len();
+            }
+            if at == 0 {
+                break;
+            }
+            pos += at as u64;
+        }
+        Ok(())
     }
 
     /// Deletes whole segments (never the active one) beyond the size or age limits.
@@ -1086,6 +1251,7 @@ impl PartitionLog {
             self.record_durable(Checkpoint {
                 base: active.base,
                 position: active.written,
+                offset: inner.written_offset,
             });
         }
         Ok(())
@@ -1122,4 +1288,94 @@ fn read_batch(
     let bytes = Bytes::from(buf);
     codec::check_body(&header, &bytes)?;
     Ok((header, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: u64, position: u64, offset: u64) -> Checkpoint {
+        Checkpoint {
+            base,
+            position,
+            offset,
+        }
+    }
+
+    fn end(base: u64, size: u64, offset: u64) -> LogEnd {
+        LogEnd { base, size, offset }
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_the_newest_valid_slot_wins() {
+        let mut file = [0u8; 2 * CHECKPOINT_SLOT];
+        file[..CHECKPOINT_SLOT].copy_from_slice(&encode_checkpoint(4, at(1, 2, 3)));
+        file[CHECKPOINT_SLOT..].copy_from_slice(&encode_checkpoint(5, at(1, 9, 7)));
+        assert_eq!(decode_checkpoint(&file), Some((5, at(1, 9, 7))));
+        // A torn newer slot leaves the older one.
+        file[CHECKPOINT_SLOT + 20] ^= 1;
+        assert_eq!(decode_checkpoint(&file), Some((4, at(1, 2, 3))));
+        file[20] ^= 1;
+        assert_eq!(decode_checkpoint(&file), None);
+        assert_eq!(decode_checkpoint(&file[..10]), None);
+    }
+
+    #[test]
+    fn a_log_ending_before_its_checkpoint_has_lost_synced_records() {
+        let synced = Some(at(100, 5000, 180));
+        let lost = |e| lost_durable(e, synced);
+        assert_eq!(lost(end(100, 5000, 180)), None, "ends where it was synced");
+        assert_eq!(lost(end(100, 9000, 250)), None, "more than was synced: a crash");
+        assert_eq!(lost(end(300, 0, 300)), None, "a later segment");
+        let cut = LostDurable {
+            durable_end: 180,
+            found_end: 140,
+        };
+        assert_eq!(lost(end(100, 2500, 140)), Some(cut), "cut at a batch boundary");
+        assert_eq!(
+            lost(end(100, 0, 100)),
+            Some(LostDurable {
+                durable_end: 180,
+                found_end: 100
+            }),
+            "cut to zero"
+        );
+        assert_eq!(
+            lost(end(0, 4000, 100)),
+            Some(LostDurable {
+                durable_end: 180,
+                found_end: 100
+            }),
+            "the last segment removed"
+        );
+        // A segment rolled at 180 and synced empty, then removed: nothing was in it.
+        assert_eq!(lost_durable(end(100, 5000, 180), Some(at(180, 0, 180))), None);
+        assert_eq!(
+            lost(end(100, 4990, 180)).map(|l| l.found_end),
+            Some(180),
+            "bytes short"
+        );
+        assert_eq!(lost_durable(end(0, 0, 0), None), None, "nothing known");
+        assert_eq!(lost_durable(end(0, 0, 0), Some(Checkpoint::default())), None);
+    }
+
+    #[test]
+    fn only_damage_past_the_synced_position_of_the_last_segment_is_a_torn_tail() {
+        let synced = Some(at(100, 5000, 180));
+        let never = || -> bool { panic!("the checkpoint decides") };
+        assert!(is_torn_tail(true, at(100, 5000, 180), synced, never));
+        assert!(is_torn_tail(true, at(100, 7000, 200), synced, never));
+        assert!(!is_torn_tail(true, at(100, 4999, 170), synced, never));
+        assert!(
+            !is_torn_tail(true, at(0, 9000, 90), synced, never),
+            "an older segment"
+        );
+        assert!(
+            !is_torn_tail(false, at(100, 7000, 200), synced, never),
+            "not the last"
+        );
+        // Without a checkpoint, a valid batch after the damage makes it real.
+        assert!(is_torn_tail(true, at(100, 10, 101), None, || false));
+        assert!(!is_torn_tail(true, at(100, 10, 101), None, || true));
+    }
 }

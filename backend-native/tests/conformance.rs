@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use tributary_conformance::Harness;
-use tributary_core::{Backend, Result, async_trait};
+use tributary_conformance::{Expected, Harness};
+use tributary_core::{Backend, Capabilities, Result, async_trait};
 use tributary_native::{Durability, NativeBackend, NativeConfig};
 
 struct NativeHarness {
@@ -33,6 +33,14 @@ impl NativeHarness {
 
 #[async_trait]
 impl Harness for NativeHarness {
+    /// Every mode runs everything; records up to the default 1 MiB.
+    fn expected(&self) -> Expected {
+        Expected {
+            capabilities: Capabilities::durable_log(1024 * 1024),
+            skips: &[],
+        }
+    }
+
     async fn connect(&self) -> Result<Arc<dyn Backend>> {
         let backend = NativeBackend::open(self.config())?;
         *self.open.lock().expect("harness lock") = Some(backend.clone());

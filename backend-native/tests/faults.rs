@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use tributary_core::{Backend, ConsumerConfig, ErrorKind, ProducerConfig, Record, StreamSpec};
+use tributary_core::{Backend, ConsumerConfig, ErrorKind, PartitionId, ProducerConfig, Record, StreamSpec};
 use tributary_native::storage::{DiskStorage, Storage, StorageFile};
 use tributary_native::{Durability, NativeBackend, NativeConfig};
 
@@ -22,10 +22,12 @@ const SHORT_WRITE: u8 = 3;
 /// still not be trusted.
 const SYNC_EIO_ONCE: u8 = 4;
 
-/// The real disk, except that segment files fail as `mode` says.
+/// The real disk, except that segment files fail as `mode` says (those of partition 1
+/// as `partition_one` says, when set).
 #[derive(Debug)]
 struct Faulty {
     mode: Arc<AtomicU8>,
+    partition_one: Option<Arc<AtomicU8>>,
 }
 
 #[derive(Debug)]
@@ -78,9 +80,14 @@ impl Storage for Faulty {
         DiskStorage.list(path)
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let of_partition_one = path.parent().is_some_and(|p| p.ends_with("1"));
+        let mode = match &self.partition_one {
+            Some(one) if of_partition_one => one.clone(),
+            _ => self.mode.clone(),
+        };
         Ok(Arc::new(FaultyFile {
             inner: DiskStorage.open(path, create)?,
-            mode: self.mode.clone(),
+            mode,
             segment: path.extension().is_some_and(|e| e == "log")
                 && path.to_string_lossy().contains("streams"),
         }))
@@ -116,7 +123,14 @@ async fn run(dir: &Path, durability: Durability, fault: u8) -> Outcome {
     let mode = Arc::new(AtomicU8::new(OK));
     let mut config = NativeConfig::at(dir);
     config.durability = durability;
-    let engine = NativeBackend::open_with_storage(config, Arc::new(Faulty { mode: mode.clone() })).unwrap();
+    let engine = NativeBackend::open_with_storage(
+        config,
+        Arc::new(Faulty {
+            mode: mode.clone(),
+            partition_one: None,
+        }),
+    )
+    .unwrap();
     engine
         .admin()
         .await
@@ -239,4 +253,48 @@ async fn write_failure_poisons_the_partition_and_loses_nothing_acknowledged() {
             "{name}: exactly the acknowledged records, in order; the torn write is cut off"
         );
     }
+}
+
+/// One send over two partitions in `sync` mode: partition 0's write fails (nothing of
+/// it written), partition 1's records are written but their fdatasync fails (they may
+/// survive). The send must say Indeterminate, not the first failure's plain Io: a
+/// caller resending "unsent" records after an Io error would duplicate partition 1's.
+#[tokio::test]
+async fn a_failed_sync_after_a_successful_write_is_not_hidden_by_an_earlier_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (zero, one) = (Arc::new(AtomicU8::new(OK)), Arc::new(AtomicU8::new(OK)));
+    let mut config = NativeConfig::at(dir.path());
+    config.durability = Durability::Sync;
+    let storage = Faulty {
+        mode: zero.clone(),
+        partition_one: Some(one.clone()),
+    };
+    let engine = NativeBackend::open_with_storage(config, Arc::new(storage)).unwrap();
+    engine
+        .admin()
+        .await
+        .unwrap()
+        .create_stream(&StreamSpec::new("s").with_partitions(2))
+        .await
+        .unwrap();
+    let producer = engine.producer(ProducerConfig::default()).await.unwrap();
+    let to = |p: u32, v: &str| Record::new(v.to_string()).to_partition(PartitionId::from_index(p));
+    producer
+        .send("s", vec![to(0, "warm"), to(1, "warm")])
+        .await
+        .unwrap();
+    zero.store(WRITE_ENOSPC, Ordering::SeqCst);
+    one.store(SYNC_EIO, Ordering::SeqCst);
+    let err = producer
+        .send("s", vec![to(0, "a0"), to(1, "a1"), to(0, "b0"), to(1, "b1")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Indeterminate, "{}", err.error);
+    assert!(err.delivered.is_empty());
+    let unsent: Vec<String> = err
+        .unsent
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert_eq!(unsent, ["a0", "a1", "b0", "b1"], "handed back in the order given");
 }

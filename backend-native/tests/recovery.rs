@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,7 +101,7 @@ async fn records_survive_a_crash_without_close() {
     // The forgotten engine still holds the lock in this process; a crash releases it.
     // Reopen through a copy of the directory instead.
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(dir.path(), copy.path());
+    common::copy_dir(dir.path(), copy.path());
     let engine = NativeBackend::open(config(copy.path())).unwrap();
     assert_eq!(texts(&read_all(&engine, "s").await.unwrap()), values("a", 1000));
     let report = engine.recovery_report();
@@ -109,28 +111,20 @@ async fn records_survive_a_crash_without_close() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_torn_tail_is_cut_off_and_appends_continue() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = NativeBackend::open(config(dir.path())).unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let engine = NativeBackend::open(config(first.path())).unwrap();
     create(&engine, "s", 1).await;
     send(&engine, "s", values("a", 10)).await;
-    send(&engine, "s", values("b", 10)).await;
     engine.close().unwrap();
     drop(engine);
+    // A crash while the next batch was being written, after the last sync (close).
+    let engine = NativeBackend::open(config(first.path())).unwrap();
+    send(&engine, "s", values("b", 10)).await;
+    std::mem::forget(engine);
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(first.path(), dir.path());
     let log = segments(dir.path(), "s").pop().unwrap();
     let len = std::fs::metadata(&log).unwrap().len();
     // Tear the last batch: keep its header and part of its body.
@@ -492,15 +486,16 @@ async fn commits_past_the_end_of_a_recovered_log_are_moved_back() {
     assert_eq!(got.len(), 10);
     member.ack_all(&got).unwrap();
     member.close().await.unwrap(); // the group's commit: offset 10
-    engine.close().unwrap();
-    drop(engine);
-    // A crash took the last four batches but not the commit (as after power loss in a
-    // mode where readers see unsynced data).
+    // A crash took the last four batches, never synced, but not the commit (as after
+    // power loss in a mode where readers see unsynced data).
+    std::mem::forget(engine);
+    let crashed = dir;
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(crashed.path(), dir.path());
     let log = segments(dir.path(), "s").pop().unwrap();
     let bytes = std::fs::read(&log).unwrap();
     let keep = bytes.len() - 4 * (bytes.len() / 10);
     std::fs::write(&log, &bytes[..keep]).unwrap();
-    std::fs::remove_file(log.with_extension("idx")).unwrap();
     let engine = NativeBackend::open(config(dir.path())).unwrap();
     let end = engine
         .admin()

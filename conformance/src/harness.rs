@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tributary_core::{Backend, MemoryBackend, MemoryConfig, Result, async_trait};
+use tributary_core::{Backend, Capabilities, MemoryBackend, MemoryConfig, Result, async_trait};
 
 use crate::support::Ctx;
 
@@ -44,9 +44,25 @@ pub enum Outcome {
     Skipped(String),
 }
 
+/// What a backend's suite is pinned to: the capabilities the engine reports and the
+/// scenarios it skips for lack of one. A scenario that starts skipping, one pinned as
+/// skipped that runs, or a change of capabilities fails the run: the suite can never
+/// quietly check less.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// Exactly what `Backend::capabilities` returns.
+    pub capabilities: Capabilities,
+    /// The names of the scenarios that skip (see [`SCENARIOS`](crate::SCENARIOS)).
+    pub skips: &'static [&'static str],
+}
+
 /// Connects the suite to the engine under test.
 #[async_trait]
 pub trait Harness: Send + Sync + 'static {
+    /// The capabilities and skips this run is pinned to (no default: every backend's
+    /// suite says what it expects).
+    fn expected(&self) -> Expected;
+
     /// Why the engine cannot be reached (its server's variable is not set), if so.
     /// The scenario then skips, except under `CI=true`, where it fails.
     fn unavailable(&self) -> Option<String> {
@@ -96,6 +112,17 @@ pub struct MemoryHarness {
     config: MemoryConfig,
 }
 
+/// What the in-memory engine made from `config` offers: everything but durability, so
+/// only the reopen scenario skips.
+pub fn memory_expected(config: &MemoryConfig) -> Expected {
+    let mut capabilities = Capabilities::durable_log(config.max_record_bytes);
+    capabilities.durable = false;
+    Expected {
+        capabilities,
+        skips: &["reopen_keeps_records_and_commits"],
+    }
+}
+
 impl MemoryHarness {
     /// Runs the suite on engines made with `config`.
     pub fn new(config: MemoryConfig) -> Self {
@@ -105,6 +132,10 @@ impl MemoryHarness {
 
 #[async_trait]
 impl Harness for MemoryHarness {
+    fn expected(&self) -> Expected {
+        memory_expected(&self.config)
+    }
+
     async fn connect(&self) -> Result<Arc<dyn Backend>> {
         Ok(Arc::new(MemoryBackend::new(self.config.clone())?))
     }
@@ -134,17 +165,60 @@ where
         .enable_all()
         .build()
         .expect("a tokio runtime for the scenario");
+    let expected = harness.expected();
+    if let Some(unknown) = expected.skips.iter().find(|s| !crate::SCENARIOS.contains(s)) {
+        panic!("{name}: the pinned skips name {unknown:?}, which is no scenario");
+    }
     runtime.block_on(async move {
         let harness: Arc<dyn Harness> = Arc::new(harness);
         let backend = match harness.connect().await {
             Ok(b) => b,
             Err(e) => panic!("{name}: cannot connect to the engine: {e}"),
         };
+        let capabilities = backend.capabilities();
+        assert_eq!(
+            capabilities, expected.capabilities,
+            "{name}: the engine's capabilities are not the ones its suite is pinned to"
+        );
         let ctx = Ctx::new(name, backend, harness);
-        match scenario(ctx).await {
-            Ok(Outcome::Passed) => {}
-            Ok(Outcome::Skipped(why)) => eprintln!("{name}: SKIPPED: {why}"),
+        let outcome = match scenario(ctx).await {
+            Ok(outcome) => outcome,
             Err(e) => panic!("{name}: failed with {e} ({e:?})"),
-        }
+        };
+        check_pinned(name, &outcome, expected.skips);
     });
+}
+
+/// Fails a scenario whose outcome is not the pinned one: skipped though pinned to run,
+/// or run though pinned to skip (the pin is stale and would hide the next skip).
+///
+/// # Panics
+/// On a mismatch.
+fn check_pinned(name: &str, outcome: &Outcome, skips: &[&str]) {
+    let pinned = skips.contains(&name);
+    match outcome {
+        Outcome::Skipped(why) if pinned => eprintln!("{name}: SKIPPED (as pinned): {why}"),
+        Outcome::Skipped(why) => panic!("{name}: skipped ({why}) but the suite is pinned to run it"),
+        Outcome::Passed if pinned => {
+            panic!("{name}: passed but is pinned as skipped: remove it from the expected skips")
+        }
+        Outcome::Passed => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_must_match_the_pins() {
+        let skips = &["b"];
+        check_pinned("a", &Outcome::Passed, skips);
+        check_pinned("b", &Outcome::Skipped("no headers".into()), skips);
+        let started_skipping =
+            std::panic::catch_unwind(|| check_pinned("a", &Outcome::Skipped("x".into()), skips));
+        assert!(started_skipping.is_err());
+        let stale_pin = std::panic::catch_unwind(|| check_pinned("b", &Outcome::Passed, skips));
+        assert!(stale_pin.is_err());
+    }
 }

@@ -4,7 +4,9 @@ mod harness;
 pub mod scenarios;
 mod support;
 
-pub use harness::{Harness, MemoryHarness, Outcome, Timing, run_scenario, server_from_env};
+pub use harness::{
+    Expected, Harness, MemoryHarness, Outcome, Timing, memory_expected, run_scenario, server_from_env,
+};
 pub use support::{Ctx, Members, drain, drain_quiet};
 
 /// Calls `$callback!(($($args)*) scenario, scenario, ...)` with every scenario name:

@@ -224,6 +224,34 @@ impl SendError {
         }
     }
 
+    /// The error to report for a send whose records failed in parts (per partition,
+    /// shard or record), given those failures in order: the first, unless one of them
+    /// left records possibly written ([`ErrorKind::Indeterminate`]); then
+    /// `Indeterminate`, so that no record that may be in the log is handed back as
+    /// plainly unsent and resent into a duplicate. `None` without failures. Every
+    /// engine builds its `SendError` with this one rule.
+    pub fn cause_of(failures: impl IntoIterator<Item = Error>) -> Option<Error> {
+        let mut failures = failures.into_iter();
+        let first = failures.next()?;
+        if first.kind() == ErrorKind::Indeterminate {
+            return Some(first);
+        }
+        let Some(doubt) = failures.find(|e| e.kind() == ErrorKind::Indeterminate) else {
+            return Some(first);
+        };
+        Some(
+            Error::new(
+                ErrorKind::Indeterminate,
+                format!(
+                    "{}; and some records may have been written: {}",
+                    first.message(),
+                    doubt.message()
+                ),
+            )
+            .with_source(first),
+        )
+    }
+
     /// The cause's kind.
     pub fn kind(&self) -> ErrorKind {
         self.error.kind()
@@ -244,6 +272,21 @@ impl From<SendError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_send_failing_in_parts_is_indeterminate_if_any_part_is() {
+        let io = || Error::new(ErrorKind::Io, "disk full on partition 0");
+        let maybe = || Error::new(ErrorKind::Indeterminate, "written, sync failed on partition 1");
+        let busy = || Error::new(ErrorKind::Unavailable, "shard busy");
+        assert!(SendError::cause_of(Vec::new()).is_none());
+        assert_eq!(SendError::cause_of([io(), busy()]).unwrap().kind(), ErrorKind::Io);
+        let both = SendError::cause_of([io(), busy(), maybe()]).unwrap();
+        assert_eq!(both.kind(), ErrorKind::Indeterminate);
+        assert!(!both.is_retryable());
+        assert!(both.message().contains("disk full") && both.message().contains("sync failed"));
+        let first = SendError::cause_of([maybe(), io()]).unwrap();
+        assert_eq!(first.message(), "written, sync failed on partition 1");
+    }
 
     #[test]
     fn retryable_follows_kind_unless_overridden() {

@@ -8,7 +8,7 @@ use aws_sdk_kinesis::config::{Credentials, SharedCredentialsProvider, SharedHttp
 use std::sync::Arc;
 use std::time::Duration;
 
-use tributary_conformance::{Harness, Timing};
+use tributary_conformance::{Expected, Harness, Timing};
 use tributary_core::{Backend, Result, async_trait};
 use tributary_kinesis::{KinesisBackend, KinesisConfig, LeaseStoreKind, ReaderKind};
 
@@ -75,12 +75,20 @@ pub struct KinesisHarness {
     pub headers_envelope: bool,
     /// Where group members keep leases.
     pub leases: LeaseStoreKind,
+    /// What the suite is pinned to.
+    pub expected: Expected,
 }
 
 impl KinesisHarness {
     /// A harness on TRIBUTARY_TEST_KINESIS.
-    pub fn new(reader: ReaderKind, headers_envelope: bool, leases: LeaseStoreKind) -> Self {
+    pub fn new(
+        reader: ReaderKind,
+        headers_envelope: bool,
+        leases: LeaseStoreKind,
+        expected: Expected,
+    ) -> Self {
         Self {
+            expected,
             leases,
             endpoint: std::env::var("TRIBUTARY_TEST_KINESIS")
                 .ok()
@@ -93,6 +101,10 @@ impl KinesisHarness {
 
 #[async_trait]
 impl Harness for KinesisHarness {
+    fn expected(&self) -> Expected {
+        self.expected
+    }
+
     fn unavailable(&self) -> Option<String> {
         let dynamodb = std::env::var("TRIBUTARY_TEST_DYNAMODB").is_ok_and(|e| !e.is_empty());
         match self.endpoint {
