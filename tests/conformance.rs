@@ -16,6 +16,7 @@ impl Harness for ClientHarness {
         Expected {
             capabilities,
             skips: &["reopen_keeps_records_and_commits"],
+            handoffs_redeliver: false,
         }
     }
 

@@ -31,6 +31,7 @@ impl Harness for KafkaHarness {
         Expected {
             capabilities: Capabilities::durable_log(1_000_000),
             skips: &[],
+            handoffs_redeliver: true,
         }
     }
 

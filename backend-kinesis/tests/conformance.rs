@@ -17,6 +17,7 @@ fn expected() -> Expected {
     Expected {
         capabilities,
         skips: &["headers_roundtrip_with_odd_unicode"],
+        handoffs_redeliver: true,
     }
 }
 

@@ -19,5 +19,6 @@ tributary_conformance::suite!(common::KinesisHarness::new(
     Expected {
         capabilities: Capabilities::durable_log(1024 * 1024),
         skips: &[],
+        handoffs_redeliver: true,
     }
 ));

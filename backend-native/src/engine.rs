@@ -26,11 +26,49 @@ use crate::log::{LogConfig, PartitionLog, RecoveryReport};
 use crate::offsets::OffsetStore;
 use crate::storage::{Storage, create_dir_durable, read_all, write_atomic};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StreamMeta {
     partitions: u32,
     #[serde(default, with = "humantime_serde")]
     retention: Option<Duration>,
+}
+
+/// `stream.json` as stored: the settings and a CRC-32C of their JSON, so a changed
+/// digit (a partition count read smaller would hide partitions) is found, not obeyed.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredMeta {
+    #[serde(flatten)]
+    meta: StreamMeta,
+    /// Missing in files written before it was added.
+    #[serde(default)]
+    crc32c: Option<u32>,
+}
+
+impl StreamMeta {
+    fn to_json(&self) -> Result<Vec<u8>> {
+        let crc = crc32c::crc32c(
+            &serde_json::to_vec(self).map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))?,
+        );
+        serde_json::to_vec(&StoredMeta {
+            meta: self.clone(),
+            crc32c: Some(crc),
+        })
+        .map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))
+    }
+
+    /// Reads `stream.json`; `Err` with the reason if it is damaged.
+    fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let stored: StoredMeta = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if let Some(crc) = stored.crc32c {
+            let actual = crc32c::crc32c(&serde_json::to_vec(&stored.meta).map_err(|e| e.to_string())?);
+            if actual != crc {
+                return Err(format!(
+                    "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
+                ));
+            }
+        }
+        Ok(stored.meta)
+    }
 }
 
 /// One partition of an open stream.
@@ -112,7 +150,8 @@ pub(crate) struct Engine {
     lock: Mutex<Option<Box<dyn std::fmt::Debug + Send + Sync>>>,
     background: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     next_incarnation: AtomicU64,
-    /// What recovery found per partition at open, by `stream/partition`.
+    /// What recovery found per partition at open, by `stream/partition`, and for the
+    /// group commits log as `offsets`.
     pub recovery: BTreeMap<String, RecoveryReport>,
 }
 
@@ -166,6 +205,16 @@ impl Engine {
             storage.clone(),
             config.durability == Durability::Sync,
         )?;
+        let mut recovery = BTreeMap::new();
+        if offsets.dropped_at_open > 0 {
+            recovery.insert(
+                "offsets".to_string(),
+                RecoveryReport {
+                    truncated_bytes: offsets.dropped_at_open,
+                    ..RecoveryReport::default()
+                },
+            );
+        }
         let mut engine = Self {
             root: root.clone(),
             config,
@@ -181,7 +230,7 @@ impl Engine {
             lock: Mutex::new(Some(lock)),
             background: Mutex::new(None),
             next_incarnation: AtomicU64::new(0),
-            recovery: BTreeMap::new(),
+            recovery,
         };
         let streams_dir = root.join("streams");
         for name in engine
@@ -245,10 +294,15 @@ impl Engine {
     fn load_stream(&mut self, name: &str) -> Result<Arc<StreamHandle>> {
         let dir = self.root.join("streams").join(name);
         let meta_path = dir.join("stream.json");
-        let meta: StreamMeta = serde_json::from_slice(
+        let meta = StreamMeta::from_json(
             &read_all(&*self.storage, &meta_path).map_err(|e| io_error("reading", &meta_path, e))?,
         )
-        .map_err(|e| Error::new(ErrorKind::Corruption, format!("{}: {e}", meta_path.display())))?;
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Corruption,
+                format!("{} is damaged: {e}", meta_path.display()),
+            )
+        })?;
         let mut partitions = Vec::new();
         for p in 0..meta.partitions {
             let (log, report) = PartitionLog::open(
@@ -388,11 +442,11 @@ impl Engine {
                     self.log_config.clone(),
                 )?;
             }
-            let meta = serde_json::to_vec(&StreamMeta {
+            let meta = StreamMeta {
                 partitions,
                 retention,
-            })
-            .map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))?;
+            }
+            .to_json()?;
             write_atomic(&*self.storage, &staged.join("stream.json"), &meta)
                 .map_err(|e| io_error("writing", &staged, e))?;
             let dir = self.root.join("streams").join(name);
@@ -511,11 +565,11 @@ impl Engine {
         self.storage
             .sync_dir(&handle.dir)
             .map_err(|e| io_error("syncing", &handle.dir, e))?;
-        let meta = serde_json::to_vec(&StreamMeta {
+        let meta = StreamMeta {
             partitions: count,
             retention: handle.retention,
-        })
-        .map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))?;
+        }
+        .to_json()?;
         write_atomic(&*self.storage, &handle.dir.join("stream.json"), &meta)
             .map_err(|e| io_error("writing", &handle.dir, e))?;
         let mut partitions = handle.partitions.write().unwrap_or_else(PoisonError::into_inner);
@@ -580,4 +634,31 @@ fn fastrand_u64() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default();
     nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_settings_are_checked_when_read() {
+        let meta = StreamMeta {
+            partitions: 12,
+            retention: Some(Duration::from_secs(3600)),
+        };
+        let json = meta.to_json().unwrap();
+        assert_eq!(StreamMeta::from_json(&json), Ok(meta.clone()));
+        let changed = String::from_utf8(json.clone()).unwrap().replace("12", "2");
+        assert!(
+            StreamMeta::from_json(changed.as_bytes())
+                .unwrap_err()
+                .contains("checksum")
+        );
+        assert!(StreamMeta::from_json(&json[..json.len() / 2]).is_err());
+        // Files written before the checksum are read as they are.
+        assert_eq!(
+            StreamMeta::from_json(br#"{"partitions":3,"retention":null}"#).map(|m| m.partitions),
+            Ok(3)
+        );
+    }
 }

@@ -61,7 +61,10 @@ impl NativeBackend {
     }
 
     /// What recovery found at open, per `stream/partition` that needed any: bytes of
-    /// torn tail cut off, bytes scanned, damage found in the middle of a log.
+    /// torn tail cut off, bytes scanned, damage found in a log, synced records lost;
+    /// and as `offsets`, bytes of the group commits log dropped as damaged (groups
+    /// resume from the commits before them: records are delivered again, never
+    /// skipped).
     pub fn recovery_report(&self) -> &BTreeMap<String, RecoveryReport> {
         &self.engine.recovery
     }

@@ -44,6 +44,8 @@ pub(crate) struct OffsetStore {
     /// Set when a rewrite failed after the rename: the file handle may no longer be
     /// the file at `path`, so nothing more is accepted until reopen.
     failed: Option<String>,
+    /// Bytes of damaged log dropped at open (the commits in them are gone).
+    pub dropped_at_open: u64,
 }
 
 fn key(group: &str, stream: &str, partition: Option<u32>) -> Bytes {
@@ -94,6 +96,7 @@ impl OffsetStore {
             state,
             live_size: 0,
             failed: None,
+            dropped_at_open: len - pos as u64,
         };
         if damaged {
             // A torn tail, or damage in the middle: either way the commits after it are

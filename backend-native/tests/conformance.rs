@@ -38,6 +38,7 @@ impl Harness for NativeHarness {
         Expected {
             capabilities: Capabilities::durable_log(1024 * 1024),
             skips: &[],
+            handoffs_redeliver: false,
         }
     }
 

@@ -1,8 +1,11 @@
-//! Random damage to segment and index files: bit flips, truncation, appended garbage,
-//! zeroed blocks. Whatever the damage: opening never panics and always succeeds, no
-//! record is returned with bytes other than those written, a damaged index is rebuilt
-//! (index-only damage loses nothing), and damage inside the log is reported as
-//! `Corruption` rather than silently skipped.
+//! Random damage to every file of a data directory: segments, indexes, partition
+//! checkpoints, `stream.json` and the group commits log; bit flips, truncation,
+//! appended garbage, zeroed blocks. Whatever the damage: opening never panics, and
+//! succeeds unless `stream.json` is damaged (then it fails with `Corruption` naming the
+//! file); no record is returned with bytes other than those written; and each round
+//! holds its own rule: fewer records only with a `Corruption` error or a damage report,
+//! index, checkpoint and commits-log damage lose no record, and the group never resumes
+//! ahead of its commit, nor behind it unless the commits log reports dropped bytes.
 //!
 //! Mutations: `TRIBUTARY_CORRUPTIONS` (default 1000); seed: `TRIBUTARY_CORRUPTION_SEED`.
 
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tributary_core::{Backend, ConsumerConfig, ErrorKind, ProducerConfig, Record, StreamSpec};
+use tributary_core::{Backend, ConsumerConfig, ConsumerExt, ErrorKind, ProducerConfig, Record, StreamSpec};
 use tributary_native::{NativeBackend, NativeConfig};
 
 fn config(dir: &Path) -> NativeConfig {
@@ -75,9 +78,14 @@ fn mutate(bytes: &mut Vec<u8>, rng: &mut fastrand::Rng) -> &'static str {
     }
 }
 
+/// Where the reference data's group has committed (partition 0).
+const COMMITTED: u64 = 200;
+
 #[derive(Default, Debug)]
 struct Tally {
     mutations: u64,
+    refused_open: u64,
+    commits_lost: u64,
     intact: u64,
     corruption_reported: u64,
     truncated_bytes: u64,
@@ -126,15 +134,34 @@ fn random_damage_never_yields_wrong_records() {
                 expected.insert(d.offset.as_u64().unwrap(), (r.key, r.value));
             }
         }
+        // A group that commits twice, so the commits log holds more than one batch.
+        let mut member = engine.consumer(ConsumerConfig::group("s", "g")).await.unwrap();
+        let mut read = 0;
+        while read < COMMITTED as usize {
+            let want = (COMMITTED as usize - read).min(100);
+            let batch = member.poll(want, Duration::from_millis(50)).await.unwrap();
+            read += batch.len();
+            member.ack_all(&batch).unwrap();
+            member.commit().await.unwrap();
+        }
+        assert_eq!(read, COMMITTED as usize);
+        member.close().await.unwrap();
         engine.close().unwrap();
     });
     let mut files = BTreeMap::new();
     snapshot(origin.path(), origin.path(), &mut files);
-    let targets: Vec<PathBuf> = files
-        .keys()
-        .filter(|p| p.extension().is_some_and(|e| e == "log" || e == "idx") && p.starts_with("streams"))
-        .cloned()
-        .collect();
+    let targets: Vec<PathBuf> = files.keys().cloned().collect();
+    for name in [
+        "commits.log",
+        "checkpoint",
+        "stream.json",
+        "00000000000000000000.idx",
+    ] {
+        assert!(
+            targets.iter().any(|t| t.ends_with(name)),
+            "{name} is among the targets: {targets:?}"
+        );
+    }
     assert!(
         targets
             .iter()
@@ -152,20 +179,25 @@ fn random_damage_never_yields_wrong_records() {
         let target = &targets[rng.usize(..targets.len())];
         let kind = mutate(damaged.get_mut(target).unwrap(), &mut rng);
         *kinds.entry(kind).or_default() += 1;
-        let index_only = target.extension().is_some_and(|e| e == "idx");
+        let file = target.file_name().unwrap().to_string_lossy().into_owned();
+        let segment = file.ends_with(".log") && target.starts_with("streams");
         let dir = tempfile::tempdir().unwrap();
         restore(&damaged, dir.path());
         let context = format!("round {round} (seed {seed}): {kind} in {}", target.display());
         rt.block_on(async {
+            tally.mutations += 1;
             let engine = match NativeBackend::open(config(dir.path())) {
                 Ok(e) => e,
+                Err(e) if file == "stream.json" => {
+                    assert_eq!(e.kind(), ErrorKind::Corruption, "{context}: {e}");
+                    assert!(e.to_string().contains("stream.json"), "{context}: {e}");
+                    tally.refused_open += 1;
+                    return;
+                }
                 Err(e) => panic!("{context}: open failed: {e}"),
             };
-            tally.truncated_bytes += engine
-                .recovery_report()
-                .values()
-                .map(|r| r.truncated_bytes)
-                .sum::<u64>();
+            let report = engine.recovery_report().clone();
+            tally.truncated_bytes += report.values().map(|r| r.truncated_bytes).sum::<u64>();
             let mut reader = engine.consumer(ConsumerConfig::broadcast("s")).await.unwrap();
             let mut next = 0u64;
             let mut corrupted = false;
@@ -192,26 +224,50 @@ fn random_damage_never_yields_wrong_records() {
                     }
                 }
             }
-            if index_only {
+            let damage_reported = report.values().any(|r| r.damage.is_some());
+            let all = next == expected.len() as u64 && !corrupted;
+            if segment {
                 assert!(
-                    !corrupted && next == expected.len() as u64,
-                    "{context}: index damage loses nothing (read {next})"
+                    all || damage_reported || corrupted,
+                    "{context}: read {next} records without a Corruption error or a damage report: {report:?}"
                 );
+            } else {
+                assert!(all, "{context}: damage outside the segments loses no record (read {next}, {report:?})");
             }
-            if next == expected.len() as u64 && !corrupted {
+            if all {
                 tally.intact += 1;
             }
-            if corrupted || engine.recovery_report().values().any(|r| r.damage.is_some()) {
+            if corrupted || damage_reported {
                 tally.corruption_reported += 1;
             }
-            tally.mutations += 1;
+            // Where the group resumes: never ahead of its commit; behind it only when
+            // the commits log reports what it dropped, or the log now ends earlier.
+            let mut member = engine.consumer(ConsumerConfig::group("s", "g")).await.unwrap();
+            let resume = match member.poll(1, Duration::ZERO).await {
+                Ok(batch) => batch.first().map_or(next, |r| r.offset.as_u64().unwrap()),
+                Err(e) => {
+                    assert!(segment && e.kind() == ErrorKind::Corruption, "{context}: {e}");
+                    return;
+                }
+            };
+            assert!(resume <= COMMITTED, "{context}: the group resumes at {resume}, past its commit");
+            if resume < COMMITTED.min(next) {
+                let dropped = report.get("offsets").map_or(0, |r| r.truncated_bytes);
+                assert!(
+                    file == "commits.log" && dropped > 0,
+                    "{context}: the group resumes at {resume}, before its commit {COMMITTED}, with no report: {report:?}"
+                );
+                tally.commits_lost += 1;
+            }
         });
     }
     println!(
-        "corruption: mutations {} ({kinds:?}), fully readable {}, corruption reported {}, truncated bytes {}, records checked {}, wrong records 0, panics 0, seed {seed}",
+        "corruption: mutations {} ({kinds:?}), open refused (stream.json) {}, fully readable {}, corruption reported {}, group commits lost (reported) {}, truncated bytes {}, records checked {}, wrong records 0, panics 0, seed {seed}",
         tally.mutations,
+        tally.refused_open,
         tally.intact,
         tally.corruption_reported,
+        tally.commits_lost,
         tally.truncated_bytes,
         tally.records_checked
     );

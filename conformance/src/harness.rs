@@ -54,6 +54,11 @@ pub struct Expected {
     pub capabilities: Capabilities,
     /// The names of the scenarios that skip (see [`SCENARIOS`](crate::SCENARIOS)).
     pub skips: &'static [&'static str],
+    /// Whether a partition handed over cleanly (a member joins or closes) may be
+    /// delivered again from the group's commit, as when a broker's rebalance refuses a
+    /// commit in flight. `false` for engines that hand over in process: there every
+    /// such scenario must see no duplicate at all.
+    pub handoffs_redeliver: bool,
 }
 
 /// Connects the suite to the engine under test.
@@ -120,6 +125,7 @@ pub fn memory_expected(config: &MemoryConfig) -> Expected {
     Expected {
         capabilities,
         skips: &["reopen_keeps_records_and_commits"],
+        handoffs_redeliver: false,
     }
 }
 

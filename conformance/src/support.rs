@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tributary_core::{
-    Admin, Backend, Capabilities, Consumer, ConsumerConfig, ConsumerExt, Delivery, ErrorKind, PartitionId,
-    Producer, ProducerConfig, Received, Record, Result, StartFrom, StreamSpec,
+    Admin, Backend, Capabilities, Consumer, ConsumerConfig, ConsumerExt, Delivery, ErrorKind, Offset,
+    PartitionId, Producer, ProducerConfig, Received, Record, Result, StartFrom, StreamSpec,
 };
 
 use crate::harness::{Harness, Outcome, Timing};
@@ -125,6 +125,31 @@ impl Ctx {
         Ok(deliveries)
     }
 
+    /// What the suite is pinned to for this engine.
+    pub fn expected(&self) -> crate::Expected {
+        self.harness.expected()
+    }
+
+    /// Checks the duplicates `members` saw: none at all where the engine hands
+    /// partitions over in process, else only ones a failed commit explains.
+    ///
+    /// # Panics
+    /// On a duplicate the engine's promises do not allow.
+    pub fn check_duplicates(&self, members: &Members) {
+        assert_eq!(
+            members.unexplained_duplicates(),
+            &[],
+            "records delivered again after a commit covering them succeeded"
+        );
+        if !self.expected().handoffs_redeliver {
+            assert_eq!(
+                members.duplicates(),
+                0,
+                "this engine hands partitions over without delivering anything twice"
+            );
+        }
+    }
+
     /// Reopens the backend (durable engines) and returns the new one.
     pub async fn reopen(&self) -> Result<Option<Arc<dyn Backend>>> {
         self.harness.reopen(self.backend.clone()).await
@@ -211,11 +236,25 @@ pub async fn drain_quiet(consumer: &mut dyn Consumer, quiet: Duration) -> Result
 
 /// Several members of one group polled in turn from one task, each acknowledging and
 /// committing what it receives (so handoffs cause no redelivery).
+///
+/// Every duplicate delivery is checked against what was committed: a record delivered
+/// again after a member acknowledged it and a commit covering it returned `Ok` (or
+/// after the member closed cleanly) is an unexplained duplicate. Only a failed commit
+/// or a member that vanished without closing explains one.
 pub struct Members {
     /// The members, in join order.
     pub consumers: Vec<Box<dyn Consumer>>,
     /// What each member received, in order.
     pub received: Vec<Vec<Received>>,
+    /// Every delivery to any member, in the order they happened (closed members'
+    /// included).
+    pub delivered: Vec<Received>,
+    /// Records acknowledged by a member and covered by a commit that succeeded.
+    settled: BTreeSet<(PartitionId, Offset)>,
+    /// Records delivered again although settled.
+    unexplained: Vec<(PartitionId, Offset)>,
+    /// Per member, the records it acknowledged whose commit has not been seen succeed.
+    acked: Vec<Vec<(PartitionId, Offset)>>,
     poll: Duration,
     commit: bool,
 }
@@ -226,6 +265,10 @@ impl Members {
         Self {
             consumers: Vec::new(),
             received: Vec::new(),
+            delivered: Vec::new(),
+            settled: BTreeSet::new(),
+            unexplained: Vec::new(),
+            acked: Vec::new(),
             poll,
             commit: true,
         }
@@ -244,6 +287,7 @@ impl Members {
     pub fn join(&mut self, consumer: Box<dyn Consumer>) {
         self.consumers.push(consumer);
         self.received.push(Vec::new());
+        self.acked.push(Vec::new());
     }
 
     /// Closes member `i` and removes it; returns what it had received.
@@ -252,7 +296,10 @@ impl Members {
     /// The close's error.
     pub async fn close(&mut self, i: usize) -> Result<Vec<Received>> {
         let mut c = self.consumers.remove(i);
+        let acked = self.acked.remove(i);
         c.close().await?;
+        // A clean close commits everything acknowledged.
+        self.settled.extend(acked);
         Ok(self.received.remove(i))
     }
 
@@ -265,25 +312,47 @@ impl Members {
     /// A failed poll, or a failed ack or commit for another reason.
     pub async fn round(&mut self) -> Result<usize> {
         let mut n = 0;
-        for (consumer, received) in self.consumers.iter_mut().zip(&mut self.received) {
+        for ((consumer, received), pending) in self
+            .consumers
+            .iter_mut()
+            .zip(&mut self.received)
+            .zip(&mut self.acked)
+        {
             let batch = consumer.poll(1000, self.poll).await?;
-            if !batch.is_empty() {
-                let acked = match consumer.ack_all(&batch) {
-                    Err(e) if e.kind() == ErrorKind::NotAssigned => Ok(()),
-                    other => other,
-                };
-                acked?;
-                if self.commit {
-                    match consumer.commit().await {
-                        Err(e) if e.kind() == ErrorKind::NotAssigned || e.is_retryable() => {}
-                        other => other?,
-                    }
-                }
-                n += batch.len();
-                received.extend(batch);
+            if batch.is_empty() {
+                continue;
             }
+            for r in &batch {
+                let at = (r.partition.clone(), r.offset.clone());
+                if self.settled.contains(&at) {
+                    self.unexplained.push(at);
+                }
+            }
+            let acked = match consumer.ack_all(&batch) {
+                Err(e) if e.kind() == ErrorKind::NotAssigned => false,
+                other => other.map(|()| true)?,
+            };
+            if acked {
+                pending.extend(batch.iter().map(|r| (r.partition.clone(), r.offset.clone())));
+            }
+            if self.commit {
+                match consumer.commit().await {
+                    Ok(()) => self.settled.extend(pending.drain(..)),
+                    Err(e) if e.kind() == ErrorKind::NotAssigned || e.is_retryable() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            n += batch.len();
+            self.delivered.extend(batch.iter().cloned());
+            received.extend(batch);
         }
         Ok(n)
+    }
+
+    /// Records delivered again after a commit covering them succeeded: each one a
+    /// broken promise of the engine (see [`Members`]).
+    pub fn unexplained_duplicates(&self) -> &[(PartitionId, Offset)] {
+        &self.unexplained
     }
 
     /// Whether the members' assignments are disjoint, cover `partitions`, and differ
@@ -339,11 +408,11 @@ impl Members {
         Ok(())
     }
 
-    /// Distinct records received across members (a redelivery counts once).
+    /// Distinct records delivered across members, closed ones included (a redelivery
+    /// counts once).
     pub fn total(&self) -> usize {
-        self.received
+        self.delivered
             .iter()
-            .flatten()
             .map(|r| (r.partition.clone(), r.offset.clone()))
             .collect::<BTreeSet<_>>()
             .len()
@@ -351,7 +420,7 @@ impl Members {
 
     /// Deliveries beyond the first of each record, across members.
     pub fn duplicates(&self) -> usize {
-        self.received.iter().map(Vec::len).sum::<usize>() - self.total()
+        self.delivered.len() - self.total()
     }
 
     /// Closes every member.
@@ -359,8 +428,9 @@ impl Members {
     /// # Errors
     /// The first failed close.
     pub async fn close_all(&mut self) -> Result<()> {
-        for c in &mut self.consumers {
+        for (c, acked) in self.consumers.iter_mut().zip(&mut self.acked) {
             c.close().await?;
+            self.settled.extend(acked.drain(..));
         }
         Ok(())
     }
