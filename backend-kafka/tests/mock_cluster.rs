@@ -17,11 +17,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::{Copy, Ledger, ReadBack};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tributary_core::{Backend, ConsumerConfig, ErrorKind, Producer, ProducerConfig, Record};
@@ -31,116 +34,7 @@ const TOPIC: &str = "chaos";
 const PARTITIONS: i32 = 6;
 const BROKERS: i32 = 3;
 const TARGET_ACKED: usize = 10_000;
-const BATCH: usize = 20;
-
-/// What the producer task learned.
-#[derive(Default)]
-struct Ledger {
-    /// value -> (partition, offset) of every acknowledged record.
-    acked: HashMap<String, (u32, u64)>,
-    /// Records whose send ended Indeterminate: may or may not be in the log.
-    maybe: HashSet<String>,
-    /// Sends that ended with each error kind.
-    errors: BTreeMap<String, usize>,
-    /// Records handed back as unsent by a retryable error and sent again.
-    resent: usize,
-    /// What every send attempt said of each value, in order: the evidence for a record
-    /// that goes missing.
-    history: HashMap<String, Vec<String>>,
-}
-
-impl Ledger {
-    fn note(&mut self, value: &str, what: String) {
-        self.history.entry(value.to_string()).or_default().push(what);
-    }
-}
-
-/// A record of the fault test: its value names its key and sequence number; the
-/// header names the send attempt it belongs to.
-fn chaos_record(value: &str, attempt: u32) -> Record {
-    let key = value.split_once(':').map_or(value, |(k, _)| k).to_string();
-    Record::new(value.to_string())
-        .with_key(key)
-        .with_header("attempt", attempt.to_string())
-}
-
-/// Sends until TARGET_ACKED records are acknowledged and the chaos has had its turn
-/// (`chaos_done`), however fast the sends go.
-async fn produce(producer: Box<dyn Producer>, chaos_done: Arc<AtomicBool>) -> Ledger {
-    let mut ledger = Ledger::default();
-    let mut seq = 0u64;
-    let mut attempt = 0u32;
-    while ledger.acked.len() < TARGET_ACKED || !chaos_done.load(Ordering::SeqCst) {
-        let mut values: Vec<String> = (0..BATCH)
-            .map(|_| {
-                seq += 1;
-                format!("k{}:{seq:08}", seq % 40)
-            })
-            .collect();
-        // Resend what a retryable failure handed back; never what may be persisted.
-        for _ in 0..50 {
-            attempt += 1;
-            let records = values.iter().map(|v| chaos_record(v, attempt)).collect();
-            match producer.send(TOPIC, records).await {
-                Ok(deliveries) => {
-                    for (v, d) in values.into_iter().zip(deliveries) {
-                        let at = (d.partition.index().unwrap(), d.offset.as_u64().unwrap());
-                        ledger.note(&v, format!("attempt {attempt}: delivered at {at:?}"));
-                        ledger.acked.insert(v, at);
-                    }
-                    break;
-                }
-                Err(e) => {
-                    *ledger.errors.entry(format!("{:?}", e.kind())).or_default() += 1;
-                    for (i, d) in &e.delivered {
-                        let at = (d.partition.index().unwrap(), d.offset.as_u64().unwrap());
-                        let what = format!("attempt {attempt}: delivered at {at:?} in a batch that failed");
-                        ledger.note(&values[*i], what);
-                        ledger.acked.insert(values[*i].clone(), at);
-                    }
-                    let unsent: Vec<String> = e
-                        .unsent
-                        .iter()
-                        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
-                        .collect();
-                    for v in &unsent {
-                        ledger.note(
-                            v,
-                            format!("attempt {attempt}: unsent: {:?}: {}", e.kind(), e.error),
-                        );
-                    }
-                    let confirmed: HashSet<usize> = e.delivered.iter().map(|(i, _)| *i).collect();
-                    assert_eq!(
-                        confirmed.len() + unsent.len(),
-                        values.len(),
-                        "every record is either confirmed or handed back"
-                    );
-                    if e.kind() == ErrorKind::Indeterminate {
-                        ledger.maybe.extend(unsent);
-                        break;
-                    }
-                    assert!(e.is_retryable(), "unexpected error: {}", e.error);
-                    ledger.resent += unsent.len();
-                    values = unsent;
-                    if values.is_empty() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    producer.close().await.unwrap();
-    ledger
-}
-
-/// A record read back: where it is and which send attempt wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Copy {
-    partition: u32,
-    offset: u64,
-    attempt: String,
-}
+const BATCH: u64 = 20;
 
 /// Splits the records found more than once into librdkafka's retries of one request
 /// that the mock appended twice (copies of one send attempt) and real duplicates
@@ -197,7 +91,13 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
     let backend = KafkaBackend::new(config).unwrap();
     let producer = backend.producer(ProducerConfig::default()).await.unwrap();
     let chaos_done = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(produce(producer, chaos_done.clone()));
+    let done = chaos_done.clone();
+    let task = tokio::spawn(async move {
+        common::produce(producer, TOPIC, BATCH, 40, Duration::ZERO, move |ledger| {
+            ledger.acked.len() >= TARGET_ACKED && done.load(Ordering::SeqCst)
+        })
+        .await
+    });
 
     let mut rng = fastrand::Rng::with_seed(0x7121_b07a);
     let produce_errors = [
@@ -248,112 +148,46 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
     // is over, whatever was acknowledged.
     let ends = high_watermarks(&cluster);
     let mut consumer = backend.consumer(ConsumerConfig::broadcast(TOPIC)).await.unwrap();
-    let mut seen: HashMap<String, Vec<Copy>> = HashMap::new();
-    let mut per_partition: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
-    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut log = ReadBack::default();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut stalled = false;
-    while ends
-        .iter()
-        .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
-    {
-        if std::time::Instant::now() >= deadline {
-            stalled = true;
-            break;
-        }
-        for r in consumer.poll(10_000, Duration::from_secs(1)).await.unwrap() {
-            let v = String::from_utf8(r.value.to_vec()).unwrap();
-            let (partition, offset) = (r.partition.index().unwrap(), r.offset.as_u64().unwrap());
-            let attempt = r
-                .headers
-                .get("attempt")
-                .map(|a| String::from_utf8_lossy(a).into_owned());
-            seen.entry(v.clone()).or_default().push(Copy {
-                partition,
-                offset,
-                attempt: attempt.unwrap_or_default(),
-            });
-            per_partition.entry(partition).or_default().push((offset, v));
-            next.insert(partition, offset + 1);
-        }
+    while !log.reached(&ends) && std::time::Instant::now() < deadline {
+        log.take(consumer.poll(10_000, Duration::from_secs(1)).await.unwrap());
     }
     consumer.close().await.unwrap();
 
-    let lost: Vec<&String> = ledger.acked.keys().filter(|v| !seen.contains_key(*v)).collect();
-    let moved: Vec<&String> = ledger
-        .acked
-        .iter()
-        .filter(|(v, at)| {
-            seen.get(*v)
-                .is_some_and(|copies| !copies.iter().any(|c| (c.partition, c.offset) == **at))
-        })
-        .map(|(v, _)| v)
-        .collect();
-    let (reappended, duplicated) = duplicates(&seen);
-    let unexplained: Vec<&String> = seen
-        .keys()
-        .filter(|v| !ledger.acked.contains_key(*v) && !ledger.maybe.contains(*v))
-        .collect();
-    let maybe_persisted = ledger.maybe.iter().filter(|v| seen.contains_key(*v)).count();
-    if !lost.is_empty() {
-        report_lost(&ledger, &lost, &per_partition, &ends);
+    let findings = common::compare(&ledger, &log);
+    let (reappended, duplicated) = duplicates(&log.copies);
+    if !findings.lost.is_empty() {
+        report_lost(&ledger, &findings.lost, &log.partitions, &ends);
     }
     eprintln!(
-        "acknowledged {}, indeterminate {} (of which in the log: {maybe_persisted}), resent {}, \
+        "acknowledged {}, indeterminate {} (of which in the log: {}), resent {}, \
          errors {:?}, broker outages {downs}, injected produce errors {injected}, \
          extra copies the mock appended for librdkafka's retries {reappended}",
         ledger.acked.len(),
         ledger.maybe.len(),
+        findings.maybe_persisted,
         ledger.resent,
         ledger.errors
     );
     assert!(ledger.acked.len() >= TARGET_ACKED);
     assert!(
-        !stalled,
-        "the partitions were not read to {ends:?} in 2 minutes: {next:?}"
+        log.reached(&ends),
+        "the partitions were not read to {ends:?} in 2 minutes: {:?}",
+        log.next
     );
-    assert!(
-        lost.is_empty(),
-        "acknowledged records lost: {:?}",
-        &lost[..lost.len().min(5)]
-    );
-    assert!(
-        moved.is_empty(),
-        "records not where their delivery said: {:?}",
-        &moved[..moved.len().min(5)]
-    );
+    common::assert_nothing_wrong(&findings);
     assert!(
         duplicated.is_empty(),
         "records written by two send attempts (reported unsent, yet written): {:?}",
         &duplicated[..duplicated.len().min(5)]
     );
     assert!(
-        unexplained.is_empty(),
-        "records nobody sent: {:?}",
-        &unexplained[..unexplained.len().min(5)]
-    );
-    assert!(
         ledger.errors.contains_key("Indeterminate"),
         "sends that timed out while a broker was down end Indeterminate"
     );
-    // Per partition, records of one key keep the order they were sent in (first copies;
-    // the mock's re-appends of a retried request come after the first).
-    for (partition, records) in &per_partition {
-        let mut last: HashMap<&str, &str> = HashMap::new();
-        let mut first_copies = HashSet::new();
-        for (_, v) in records {
-            if !first_copies.insert(v.as_str()) {
-                continue;
-            }
-            let (key, seq) = v.split_once(':').unwrap();
-            if let Some(prev) = last.insert(key, seq) {
-                assert!(
-                    prev < seq,
-                    "partition {partition}: key {key} went {prev} then {seq}"
-                );
-            }
-        }
-    }
+    // The mock's re-appends of a retried request come after the first copy.
+    common::assert_key_order(&log);
 }
 
 /// The end (high watermark) of every partition of the test topic.
@@ -379,7 +213,7 @@ fn high_watermarks(
 /// holds where its delivery pointed, and each partition's end and what was read.
 fn report_lost(
     ledger: &Ledger,
-    lost: &[&String],
+    lost: &[String],
     per_partition: &BTreeMap<u32, Vec<(u64, String)>>,
     ends: &BTreeMap<u32, u64>,
 ) {
@@ -392,7 +226,7 @@ fn report_lost(
         );
     }
     for value in lost.iter().take(20) {
-        let at = ledger.acked[*value];
+        let at = ledger.acked[value];
         let there: Vec<&String> = per_partition
             .get(&at.0)
             .into_iter()
@@ -402,8 +236,8 @@ fn report_lost(
             .collect();
         eprintln!(
             "lost {value}: delivery said {at:?}, the log holds {there:?} there, ever indeterminate: {}, history: {:?}",
-            ledger.maybe.contains(*value),
-            ledger.history.get(*value)
+            ledger.maybe.contains(value),
+            ledger.history.get(value)
         );
     }
 }
