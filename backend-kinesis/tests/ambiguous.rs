@@ -104,24 +104,15 @@ impl ScriptedKinesis {
 
 impl HttpConnector for ScriptedKinesis {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let target = request
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or_default()
-            .to_string();
-        let body: Value = request
-            .body()
-            .bytes()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(Value::Null);
+        let (operation, body) = common::operation_of(&request);
         let shards = json!({"Shards": [{
             "ShardId": "shardId-000000000000",
             "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": u128::MAX.to_string()},
             "SequenceNumberRange": {"StartingSequenceNumber": "1"},
         }]});
-        match target.rsplit('.').next() {
-            Some("ListShards") => HttpConnectorFuture::ready(Ok(common::json_response(200, shards))),
-            Some("PutRecords") => self.put_records(&body),
+        match operation.as_str() {
+            "ListShards" => HttpConnectorFuture::ready(Ok(common::json_response(200, shards))),
+            "PutRecords" => self.put_records(&body),
             other => HttpConnectorFuture::ready(Ok(common::json_response(
                 400,
                 json!({"__type": "UnknownOperationException", "message": format!("{other:?}")}),

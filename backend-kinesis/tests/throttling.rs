@@ -168,19 +168,10 @@ fn md5_digest(key: &str) -> [u8; 16] {
 
 impl HttpConnector for ScriptedKinesis {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let target = request
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or_default()
-            .to_string();
-        let body: Value = request
-            .body()
-            .bytes()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(Value::Null);
-        let response = match target.rsplit('.').next() {
-            Some("ListShards") => common::json_response(200, Self::list_shards()),
-            Some("PutRecords") => self.put_records(&body),
+        let (operation, body) = common::operation_of(&request);
+        let response = match operation.as_str() {
+            "ListShards" => common::json_response(200, Self::list_shards()),
+            "PutRecords" => self.put_records(&body),
             other => common::json_response(
                 400,
                 json!({"__type": "UnknownOperationException", "message": format!("{other:?}")}),

@@ -156,3 +156,18 @@ pub fn json_response(
         .insert("content-type", "application/x-amz-json-1.1");
     response
 }
+
+/// The operation a request to Kinesis names (`PutRecords`, ...) and its JSON body
+/// (`Null` when it has none), for the scripted layers.
+pub fn operation_of(
+    request: &aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+) -> (String, serde_json::Value) {
+    let target = request.headers().get("x-amz-target").unwrap_or_default();
+    let operation = target.rsplit('.').next().unwrap_or_default().to_string();
+    let body = request
+        .body()
+        .bytes()
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (operation, body)
+}
