@@ -434,6 +434,17 @@ impl KafkaConsumer {
     /// An error from the fetch path: fatal ones end the poll, transient ones are
     /// librdkafka's to retry.
     async fn consume_error(&self, e: KafkaError) -> Result<()> {
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PollExceeded) {
+            // librdkafka left the group when the application stopped polling, and this
+            // poll rejoins it: the partitions it had may be another member's now, which
+            // the rebalance callbacks and the next commit report. Not a failure of poll.
+            tracing::warn!(
+                topic = %self.topic,
+                max_poll_interval = ?self.config.max_poll_interval,
+                "kafka group: not polled within max_poll_interval; the member left the group and rejoins"
+            );
+            return Ok(());
+        }
         let converted = error::convert(&format!("reading topic {}", self.topic), e);
         match converted.kind() {
             // Often transient (a leader moving): believe it only when metadata agrees.

@@ -3,6 +3,7 @@
 mod harness;
 pub mod scenarios;
 mod support;
+pub mod zombie;
 
 pub use harness::{
     Expected, Harness, MemoryHarness, Outcome, Timing, memory_expected, run_scenario, server_from_env,
