@@ -684,18 +684,30 @@ impl Consumer for KafkaConsumer {
             .into_iter()
             .filter_map(|(p, o)| Some((i32::try_from(p.index()?).ok()?, o)))
             .collect();
-        if committable.is_empty() {
-            return Ok(());
+        if !committable.is_empty() {
+            let tpl = commit_list(&self.topic, &committable)?;
+            blocking(move || client.commit(&tpl, CommitMode::Sync))
+                .await?
+                .map_err(|e| error::convert("committing", e))?;
         }
-        let tpl = commit_list(&self.topic, &committable)?;
-        blocking(move || client.commit(&tpl, CommitMode::Sync))
-            .await?
-            .map_err(|e| error::convert("committing", e))?;
         let mut shared = lock(&self.shared);
         for (p, o) in committable {
             shared.acks.committed(&PartitionId::from_index(index_of(p)), o);
         }
-        Ok(())
+        // Acknowledged records of partitions taken away since the last commit, whose
+        // commit on revoke failed, will be delivered again: said once, here.
+        let failed = std::mem::take(&mut shared.failed_revoke_commits);
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::NotAssigned,
+                format!(
+                    "kafka: acknowledged records of revoked partitions were not committed and will be redelivered: {}",
+                    failed.join("; ")
+                ),
+            ))
+        }
     }
 
     async fn seek(&mut self, partition: &PartitionId, to: StartFrom) -> Result<()> {
@@ -736,7 +748,6 @@ impl Consumer for KafkaConsumer {
         } else {
             Ok(())
         };
-        lock(&self.shared).failed_revoke_commits.clear();
         if let Some(client) = self.client.take() {
             // Leaving the group revokes the partitions, which commits acknowledged
             // records again (covering a commit above that lost a race with a
@@ -750,9 +761,21 @@ impl Consumer for KafkaConsumer {
         self.buffer.clear();
         let mut shared = lock(&self.shared);
         shared.assigned.clear();
-        let failed = std::mem::take(&mut shared.failed_revoke_commits);
+        let mut failed = std::mem::take(&mut shared.failed_revoke_commits);
         match committed {
             Err(e) if !(e.kind() == ErrorKind::NotAssigned || e.is_retryable()) => Err(e),
+            // Losses the last commit reported are losses of the close too.
+            Err(e) if e.kind() == ErrorKind::NotAssigned => {
+                failed.insert(0, e.message().to_string());
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "kafka: closed, but acknowledged records were not committed and will be redelivered: {}",
+                        failed.join("; ")
+                    ),
+                )
+                .with_retryable(false))
+            }
             _ if failed.is_empty() => Ok(()),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,

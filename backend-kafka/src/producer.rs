@@ -1,7 +1,7 @@
 //! The producer: an idempotent rdkafka producer, one batch enqueued whole before any
 //! delivery is awaited (one linger per batch, not per record).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -211,9 +211,51 @@ fn headers_of(record: &Record) -> Option<OwnedHeaders> {
     Some(headers)
 }
 
-/// Whether a failed delivery may have reached the log.
+/// A failed delivery as an error, `Indeterminate` where the record may have reached
+/// the log: besides what `error::convert` says, a broker that appended it without
+/// enough replicas or timed out waiting for them.
 fn delivery_error(error: KafkaError) -> Error {
-    error::convert("delivering a record", error)
+    let maybe_written = matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::NotEnoughReplicasAfterAppend | RDKafkaErrorCode::RequestTimedOut)
+    );
+    let converted = error::convert("delivering a record", error);
+    if maybe_written {
+        Error::new(
+            ErrorKind::Indeterminate,
+            format!("{} (the broker may have written it)", converted.message()),
+        )
+    } else {
+        converted
+    }
+}
+
+/// Keeps the promise that a key's unsent records are a suffix of its records: a record
+/// delivered after an earlier record of its key failed (an implicit confirmation can
+/// do that) is handed back with it, as `Indeterminate`, since it is in the log.
+fn keep_key_suffixes(records: &[Record], outcomes: &mut [Option<Outcome>]) {
+    let mut failed_keys: HashSet<&[u8]> = HashSet::new();
+    for (record, outcome) in records.iter().zip(outcomes.iter_mut()) {
+        let Some(key) = record.key.as_deref() else {
+            continue;
+        };
+        match outcome {
+            Some(Outcome::Delivered(d)) if failed_keys.contains(key) => {
+                *outcome = Some(Outcome::Failed(Error::new(
+                    ErrorKind::Indeterminate,
+                    format!(
+                        "kafka: written at partition {:?} offset {:?} after an earlier record of its key \
+                         failed; handed back with it to keep the key's order",
+                        d.partition, d.offset
+                    ),
+                )));
+            }
+            Some(Outcome::Delivered(_)) => {}
+            _ => {
+                failed_keys.insert(key);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -296,6 +338,7 @@ impl Producer for KafkaProducer {
                 outcomes[index] = Some(resolve(future.await));
             }
         }
+        keep_key_suffixes(&records, &mut outcomes);
         let mut deliveries = Vec::with_capacity(records.len());
         let mut failures: Vec<Error> = Vec::new();
         let mut unsent = Vec::new();
@@ -382,5 +425,51 @@ fn resolve<E>(result: Result<OwnedDeliveryResult, E>) -> Outcome {
             ErrorKind::Indeterminate,
             "kafka: the producer was dropped before the broker answered",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(offset: u64) -> Option<Outcome> {
+        Some(Outcome::Delivered(Delivery {
+            partition: PartitionId::from_index(0),
+            offset: Offset::new(offset),
+            timestamp: None,
+        }))
+    }
+
+    fn is_delivered(o: &Option<Outcome>) -> bool {
+        matches!(o, Some(Outcome::Delivered(_)))
+    }
+
+    #[test]
+    fn records_delivered_after_a_failed_one_of_their_key_are_handed_back() {
+        let records = vec![
+            Record::new("a0").with_key("a"),
+            Record::new("b0").with_key("b"),
+            Record::new("a1").with_key("a"),
+            Record::new("b1").with_key("b"),
+            Record::new("n0"),
+        ];
+        let mut outcomes = vec![
+            Some(Outcome::Failed(Error::new(ErrorKind::Indeterminate, "implicit"))),
+            delivered(1),
+            delivered(2),
+            delivered(3),
+            delivered(4),
+        ];
+        keep_key_suffixes(&records, &mut outcomes);
+        let kept: Vec<bool> = outcomes.iter().map(is_delivered).collect();
+        assert_eq!(kept, [false, true, false, true, true]);
+        let Some(Outcome::Failed(e)) = &outcomes[2] else {
+            panic!("a1 handed back")
+        };
+        assert_eq!(e.kind(), ErrorKind::Indeterminate);
+        // Never queued (None) counts as failed too.
+        let mut outcomes = vec![None, delivered(1), delivered(2), delivered(3), delivered(4)];
+        keep_key_suffixes(&records, &mut outcomes);
+        assert!(!is_delivered(&outcomes[2]));
     }
 }

@@ -155,7 +155,11 @@ impl Producer for NativeProducer {
         let mut unsent: Vec<(usize, Record)> = Vec::new();
         let mut to_sync: Vec<(Arc<PartitionLog>, u64, Vec<usize>, Vec<Record>)> = Vec::new();
         for (p, (indexes, recs)) in by_partition {
-            let Some(log) = handle.log(p) else { continue };
+            let Some(log) = handle.log(p) else {
+                failures.push(Error::new(ErrorKind::Backend, format!("partition {p} vanished")));
+                unsent.extend(indexes.into_iter().zip(recs));
+                continue;
+            };
             match log.append(&recs, now) {
                 Ok(base) => {
                     for (k, (&i, r)) in indexes.iter().zip(&recs).enumerate() {
@@ -417,7 +421,14 @@ impl NativeConsumer {
             let (Some(log), Some(&from)) = (self.stream.log(p), self.cursors.positions.get(&p)) else {
                 continue;
             };
-            let records = log.read(from, max - out.len(), &mut self.scratch)?;
+            let records = match log.read(from, max - out.len(), &mut self.scratch) {
+                Ok(records) => records,
+                // A damaged partition must not cost the records already taken from the
+                // others (their cursors moved): they go out now, the error with the next
+                // poll that reaches it first.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            };
             let Some(last) = records.last() else { continue };
             self.cursors.positions.insert(p, last.offset + 1);
             let partition = PartitionId::from_index(p);

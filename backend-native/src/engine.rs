@@ -33,41 +33,49 @@ struct StreamMeta {
     retention: Option<Duration>,
 }
 
-/// `stream.json` as stored: the settings and a CRC-32C of their JSON, so a changed
-/// digit (a partition count read smaller would hide partitions) is found, not obeyed.
+/// `stream.json` as stored: the settings as a JSON text and the CRC-32C of exactly
+/// those bytes, so a changed digit (a partition count read smaller would hide
+/// partitions) is found, not obeyed. Files without `v` are the first format (the
+/// settings alone), read as they are.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredMeta {
-    #[serde(flatten)]
-    meta: StreamMeta,
-    /// Missing in files written before it was added.
-    #[serde(default)]
-    crc32c: Option<u32>,
+    v: u32,
+    meta: String,
+    crc32c: u32,
 }
+
+const META_VERSION: u32 = 2;
 
 impl StreamMeta {
     fn to_json(&self) -> Result<Vec<u8>> {
-        let crc = crc32c::crc32c(
-            &serde_json::to_vec(self).map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))?,
-        );
+        let backend = |e: serde_json::Error| Error::new(ErrorKind::Backend, e.to_string());
+        let meta = serde_json::to_string(self).map_err(backend)?;
         serde_json::to_vec(&StoredMeta {
-            meta: self.clone(),
-            crc32c: Some(crc),
+            v: META_VERSION,
+            crc32c: crc32c::crc32c(meta.as_bytes()),
+            meta,
         })
-        .map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))
+        .map_err(backend)
     }
 
     /// Reads `stream.json`; `Err` with the reason if it is damaged.
     fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let stored: StoredMeta = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if let Some(crc) = stored.crc32c {
-            let actual = crc32c::crc32c(&serde_json::to_vec(&stored.meta).map_err(|e| e.to_string())?);
-            if actual != crc {
-                return Err(format!(
-                    "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
-                ));
-            }
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if value.get("v").is_none() {
+            return serde_json::from_value(value).map_err(|e| e.to_string());
         }
-        Ok(stored.meta)
+        let stored: StoredMeta = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        if stored.v != META_VERSION {
+            return Err(format!("unknown format version {}", stored.v));
+        }
+        let actual = crc32c::crc32c(stored.meta.as_bytes());
+        if actual != stored.crc32c {
+            return Err(format!(
+                "checksum mismatch (stored {:#010x}, computed {actual:#010x})",
+                stored.crc32c
+            ));
+        }
+        serde_json::from_str(&stored.meta).map_err(|e| e.to_string())
     }
 }
 
@@ -648,13 +656,18 @@ mod tests {
         };
         let json = meta.to_json().unwrap();
         assert_eq!(StreamMeta::from_json(&json), Ok(meta.clone()));
-        let changed = String::from_utf8(json.clone()).unwrap().replace("12", "2");
+        let changed = String::from_utf8(json.clone()).unwrap().replacen("12", "2", 1);
         assert!(
             StreamMeta::from_json(changed.as_bytes())
                 .unwrap_err()
                 .contains("checksum")
         );
         assert!(StreamMeta::from_json(&json[..json.len() / 2]).is_err());
+        // A damaged checksum field is no older format: refused.
+        let unchecked = String::from_utf8(json.clone())
+            .unwrap()
+            .replace("crc32c", "crc32x");
+        assert!(StreamMeta::from_json(unchecked.as_bytes()).is_err());
         // Files written before the checksum are read as they are.
         assert_eq!(
             StreamMeta::from_json(br#"{"partitions":3,"retention":null}"#).map(|m| m.partitions),

@@ -5,6 +5,7 @@ pub mod codec;
 mod config;
 mod engine;
 mod log;
+mod mark;
 mod offsets;
 pub mod storage;
 

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tributary_core::{Error, ErrorKind, Record, Result, Timestamp};
 
 use crate::codec::{self, BatchHeader, DecodeError, DecodedRecord, HEADER_LEN};
+use crate::mark;
 use crate::storage::{Storage, StorageFile, read_all, write_atomic};
 
 /// Bytes of records per batch the writer aims for: large writes are fast, but past
@@ -174,7 +175,7 @@ pub fn check_index(bytes: &[u8], base: u64) -> bool {
 }
 
 const CHECKPOINT_MAGIC: [u8; 4] = *b"TRC\x02";
-const CHECKPOINT_SLOT: usize = 40;
+const CHECKPOINT_SLOT: usize = mark::slot_len(3);
 const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// How far a partition is known to be durable: everything before `position` of the
@@ -189,37 +190,22 @@ struct Checkpoint {
     offset: u64,
 }
 
-fn encode_checkpoint(seq: u64, c: Checkpoint) -> [u8; CHECKPOINT_SLOT] {
-    let mut slot = [0u8; CHECKPOINT_SLOT];
-    slot[0..4].copy_from_slice(&CHECKPOINT_MAGIC);
-    slot[8..16].copy_from_slice(&seq.to_le_bytes());
-    slot[16..24].copy_from_slice(&c.base.to_le_bytes());
-    slot[24..32].copy_from_slice(&c.position.to_le_bytes());
-    slot[32..40].copy_from_slice(&c.offset.to_le_bytes());
-    let crc = crc32c::crc32c(&slot[8..]);
-    slot[4..8].copy_from_slice(&crc.to_le_bytes());
-    slot
+fn encode_checkpoint(seq: u64, c: Checkpoint) -> Vec<u8> {
+    mark::encode(CHECKPOINT_MAGIC, seq, [c.base, c.position, c.offset])
 }
 
 /// The newest valid slot: (sequence number, checkpoint).
 fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, Checkpoint)> {
-    bytes
-        .chunks_exact(CHECKPOINT_SLOT)
-        .take(2)
-        .filter(|slot| slot[0..4] == CHECKPOINT_MAGIC)
-        .filter(|slot| slot[4..8] == crc32c::crc32c(&slot[8..]).to_le_bytes())
-        .map(|slot| {
-            let word = |i: usize| u64::from_le_bytes(slot[i..i + 8].try_into().unwrap_or([0; 8]));
-            (
-                word(8),
-                Checkpoint {
-                    base: word(16),
-                    position: word(24),
-                    offset: word(32),
-                },
-            )
-        })
-        .max_by_key(|(seq, _)| *seq)
+    mark::decode(CHECKPOINT_MAGIC, bytes).map(|(seq, [base, position, offset])| {
+        (
+            seq,
+            Checkpoint {
+                base,
+                position,
+                offset,
+            },
+        )
+    })
 }
 
 /// Where a partition's log was found to end at open: the end of its last segment.
@@ -445,13 +431,23 @@ impl PartitionLog {
     /// Notes that everything before `c` is durable (only ever forward). A failed
     /// write is only logged: the older checkpoint stays, which is conservative.
     fn record_durable(&self, c: Checkpoint) {
-        let mut ck = self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
+        let ck = self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
         if c <= ck.last {
             return;
         }
+        self.write_checkpoint(ck, c);
+    }
+
+    /// Records `c` as the durable position even if it is behind the one recorded.
+    fn reset_durable(&self, c: Checkpoint) {
+        let ck = self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
+        self.write_checkpoint(ck, c);
+    }
+
+    fn write_checkpoint(&self, mut ck: MutexGuard<'_, CheckpointFile>, c: Checkpoint) {
         let Some(file) = ck.file.clone() else { return };
         let seq = ck.seq + 1;
-        let slot = (seq % 2) * CHECKPOINT_SLOT as u64;
+        let slot = mark::position(seq, 3);
         match file.write_all_at(&encode_checkpoint(seq, c), slot) {
             Ok(()) => {
                 ck.seq = seq;
@@ -581,8 +577,25 @@ impl PartitionLog {
             }
             _ => None,
         };
+        // A checkpoint ahead of a log that lost nothing (it named an empty segment that
+        // is gone) would hold back every later one and make a torn tail of the segment
+        // written next look like damage: it is set back to the end found.
+        let behind = match inner.segments.iter().next_back() {
+            Some((_, active)) if inner.damage.is_none() => {
+                let end = Checkpoint {
+                    base: active.base,
+                    position: active.size,
+                    offset: active.next_offset,
+                };
+                checkpoint.filter(|c| *c > end).map(|_| end)
+            }
+            _ => None,
+        };
         drop(inner);
         log.open_checkpoint(durable)?;
+        if let Some(end) = behind {
+            log.reset_durable(end);
+        }
         *log.synced.lock().unwrap_or_else(PoisonError::into_inner) = next;
         log.visible.store(next, Ordering::Release);
         Ok((log, report))

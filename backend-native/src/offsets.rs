@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tributary_core::{Error, ErrorKind, Record, Result, Timestamp};
 
 use crate::codec::{self, HEADER_LEN};
+use crate::mark;
 use crate::storage::{Storage, StorageFile, write_atomic};
 
 /// Rewrite the log once it is this large, and at least twice its live size.
@@ -44,8 +45,45 @@ pub(crate) struct OffsetStore {
     /// Set when a rewrite failed after the rename: the file handle may no longer be
     /// the file at `path`, so nothing more is accepted until reopen.
     failed: Option<String>,
-    /// Bytes of damaged log dropped at open (the commits in them are gone).
+    /// Bytes of damaged log dropped at open, and bytes the log had synced but lacked
+    /// (the commits in them are gone).
     pub dropped_at_open: u64,
+    /// How many bytes of the log were synced, for the next open to compare.
+    synced: SyncedMark,
+}
+
+const SYNCED_MAGIC: [u8; 4] = *b"TRS\x01";
+
+/// The synced length of the commits log, kept beside it (`commits.synced`) as a
+/// [`mark`](crate::mark): a log found shorter than it has lost synced commits.
+#[derive(Debug)]
+struct SyncedMark {
+    file: Arc<dyn StorageFile>,
+    seq: u64,
+}
+
+impl SyncedMark {
+    /// Opens (creating) the mark; returns it and the length it holds, if readable.
+    fn open(path: &std::path::Path, storage: &dyn Storage) -> std::io::Result<(Self, Option<u64>)> {
+        let file = storage.open(path, true)?;
+        let mut bytes = vec![0u8; 2 * mark::slot_len(1)];
+        let n = file.read_at(&mut bytes, 0)?;
+        let found = mark::decode::<1>(SYNCED_MAGIC, &bytes[..n]);
+        let seq = found.map_or(0, |(seq, _)| seq);
+        Ok((Self { file, seq }, found.map(|(_, [len])| len)))
+    }
+
+    /// Records `len` (written without a sync: a lost write leaves the older slot).
+    fn record(&mut self, len: u64) {
+        let seq = self.seq + 1;
+        match self
+            .file
+            .write_all_at(&mark::encode(SYNCED_MAGIC, seq, [len]), mark::position(seq, 1))
+        {
+            Ok(()) => self.seq = seq,
+            Err(e) => tracing::warn!(error = %e, "could not record the synced length of the offsets log"),
+        }
+    }
 }
 
 fn key(group: &str, stream: &str, partition: Option<u32>) -> Bytes {
@@ -87,6 +125,15 @@ impl OffsetStore {
             pos = end;
         }
         let damaged = (pos as u64) < len;
+        let (synced, synced_len) = SyncedMark::open(&path.with_extension("synced"), &*storage).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            storage.sync_dir(dir).map_err(io)?;
+        }
+        // Synced bytes missing: the log was cut where no torn tail can be.
+        let missing = synced_len.map_or(0, |synced| synced.saturating_sub(len));
+        if missing > 0 {
+            tracing::error!(path = %path.display(), missing, "the offsets log is shorter than it was synced: commits lost, groups resume from older ones");
+        }
         let mut store = Self {
             path,
             storage,
@@ -96,8 +143,12 @@ impl OffsetStore {
             state,
             live_size: 0,
             failed: None,
-            dropped_at_open: len - pos as u64,
+            dropped_at_open: len - pos as u64 + missing,
+            synced,
         };
+        if missing > 0 && !damaged {
+            store.synced.record(len);
+        }
         if damaged {
             // A torn tail, or damage in the middle: either way the commits after it are
             // gone, and groups resume from older ones (redelivery, never a skip). The
@@ -212,6 +263,7 @@ impl OffsetStore {
         self.size += buf.len() as u64;
         if self.sync {
             self.file.sync_data().map_err(io)?;
+            self.synced.record(self.size);
         }
         if self.size > COMPACT_AT.max(2 * self.live_size) {
             self.compact()?;
@@ -236,6 +288,8 @@ impl OffsetStore {
             codec::encode_batch(&mut buf, 0, chunk, Timestamp::now());
         }
         let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("compacting the offsets log: {e}"));
+        // Until the rewrite is in place its length is unknown: nothing to compare.
+        self.synced.record(0);
         if let Err(e) = write_atomic(&*self.storage, &self.path, &buf) {
             // The rename may have happened: the old handle may point at an unlinked file.
             self.failed = Some(format!("a failed rewrite ({e})"));
@@ -250,14 +304,17 @@ impl OffsetStore {
         }
         self.size = buf.len() as u64;
         self.live_size = self.size;
+        self.synced.record(self.size);
         Ok(())
     }
 
     /// Makes every commit durable.
-    pub fn sync(&self) -> Result<()> {
+    pub fn sync(&mut self) -> Result<()> {
         self.file
             .sync_data()
-            .map_err(|e| Error::new(ErrorKind::Io, format!("offsets log: {e}")))
+            .map_err(|e| Error::new(ErrorKind::Io, format!("offsets log: {e}")))?;
+        self.synced.record(self.size);
+        Ok(())
     }
 }
 

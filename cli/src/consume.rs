@@ -158,10 +158,16 @@ pub(crate) async fn run(args: ConsumeArgs, client: Client, io: &mut Io) -> Resul
                         .ack(&record.partition, &record.offset)
                         .map_err(|e| CliError::engine("acknowledging", &e))?;
                 }
-                consumer
-                    .commit()
-                    .await
-                    .map_err(|e| CliError::engine("committing", &e))?;
+                match consumer.commit().await {
+                    Ok(()) => {}
+                    // A rebalance took partitions away before their records were
+                    // committed: they will be delivered again (to this member or
+                    // another), which is worth saying but not worth stopping for.
+                    Err(e) if e.kind() == tributary::ErrorKind::NotAssigned => {
+                        let _ = writeln!(io.stderr, "warning: {e}");
+                    }
+                    Err(e) => return Err(CliError::engine("committing", &e)),
+                }
             }
         }
     }

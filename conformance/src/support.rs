@@ -337,8 +337,17 @@ impl Members {
             }
             if self.commit {
                 match consumer.commit().await {
-                    Ok(()) => self.settled.extend(pending.drain(..)),
-                    Err(e) if e.kind() == ErrorKind::NotAssigned || e.is_retryable() => {}
+                    // A commit covers the partitions assigned now; acknowledged records
+                    // of one taken away before it were committed on revoke or not at
+                    // all, which nothing here can tell: they do not count as settled.
+                    Ok(()) => {
+                        let assigned: BTreeSet<PartitionId> = consumer.assignment().into_iter().collect();
+                        self.settled
+                            .extend(pending.drain(..).filter(|(p, _)| assigned.contains(p)));
+                    }
+                    // What the failed commit covered may never be committed (a refused
+                    // commit on revoke is reported once): none of it counts as settled.
+                    Err(e) if e.kind() == ErrorKind::NotAssigned || e.is_retryable() => pending.clear(),
                     Err(e) => return Err(e),
                 }
             }
