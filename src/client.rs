@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use tributary_core::{
-    Admin, Backend, Capabilities, Consumer, ConsumerConfig, ErrorKind, Layer, Layered, MemoryBackend,
-    Producer, ProducerConfig, Result, StreamSpec, async_trait,
+    Admin, Backend, Capabilities, Consumer, ConsumerConfig, ErrorKind, Layer, Layered, Producer,
+    ProducerConfig, Result, StreamSpec, async_trait,
 };
 
 use crate::config::Config;
@@ -24,15 +24,7 @@ impl Client {
     /// `InvalidConfig` for bad settings, or the engine's connection or open error.
     /// Cancel safe.
     pub async fn connect(config: Config) -> Result<Self> {
-        let backend: Arc<dyn Backend> = match config {
-            Config::Memory(c) => Arc::new(MemoryBackend::new(c)?),
-            #[cfg(feature = "native")]
-            Config::Native(c) => Arc::new(tributary_native::NativeBackend::open(c)?),
-            #[cfg(feature = "kafka")]
-            Config::Kafka(c) => Arc::new(tributary_kafka::KafkaBackend::new(c)?),
-            #[cfg(feature = "kinesis")]
-            Config::Kinesis(c) => Arc::new(tributary_kinesis::KinesisBackend::new(c).await?),
-        };
+        let backend = config.connect().await?;
         Ok(Self { backend })
     }
 

@@ -1,85 +1,163 @@
 //! Choosing an engine: one config enum, reached from a URL, a TOML file or the
-//! environment. This is the one place that matches over backends.
+//! environment, generated from the one list of engines below.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tributary_core::{BackendUrl, Error, MemoryConfig, Result, describe_config_error};
+use tributary_core::raw::EngineConfig;
+use tributary_core::{Backend, BackendUrl, Error, MemoryConfig, Result, describe_config_error};
 
-/// Which engine to use and its settings. Serialized with a `backend` tag:
-///
-/// ```toml
-/// backend = "memory"
-/// partitions = 4
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase")]
-#[non_exhaustive]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "made once per connection; boxing would only make matching on it clumsier"
-)]
-pub enum Config {
+/// The one list of engines: a line each, `Variant(ConfigType) = "scheme"`, the scheme
+/// being the name of the cargo feature that compiles the engine in and the variant's
+/// name in lowercase (serde's `backend` tag; the in-memory engine, first, is always
+/// compiled). Everything below that matches over engines is
+/// generated from it; each config type implements [`EngineConfig`]. Adding an engine:
+/// its crate, a feature of that name in Cargo.toml, and one line here.
+macro_rules! engines {
+    (
+        $(#[$always_doc:meta])* $always:ident($always_ty:ty) = $always_scheme:literal;
+        $($(#[$doc:meta])* $variant:ident($ty:ty) = $scheme:literal;)*
+    ) => {
+        /// Which engine to use and its settings. Serialized with a `backend` tag:
+        ///
+        /// ```toml
+        /// backend = "memory"
+        /// partitions = 4
+        /// ```
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "backend", rename_all = "lowercase")]
+        #[non_exhaustive]
+        #[allow(
+            clippy::large_enum_variant,
+            reason = "made once per connection; boxing would only make matching on it clumsier"
+        )]
+        pub enum Config {
+            $(#[$always_doc])*
+            $always($always_ty),
+            $($(#[$doc])* #[cfg(feature = $scheme)] $variant($ty),)*
+        }
+
+        // The scheme written in the list is the one the engine answers to.
+        const _: () = assert!(same_str(<$always_ty as EngineConfig>::SCHEME, $always_scheme));
+        $(
+            #[cfg(feature = $scheme)]
+            const _: () = assert!(same_str(<$ty as EngineConfig>::SCHEME, $scheme));
+        )*
+
+        /// Every scheme Tributary knows, with its cargo feature (`None`: always
+        /// compiled) and whether this build has it.
+        const SCHEMES: &[(&str, Option<&str>, bool)] = &[
+            ($always_scheme, None, true),
+            $(($scheme, Some($scheme), cfg!(feature = $scheme)),)*
+        ];
+
+        impl Config {
+            /// The settings of the engine `scheme` names, from a parsed URL.
+            fn parse_url(scheme: &str, url: &BackendUrl) -> Result<Self> {
+                match scheme {
+                    $always_scheme => Ok(Self::$always(<$always_ty as EngineConfig>::from_url(url)?)),
+                    $(#[cfg(feature = $scheme)] $scheme => Ok(Self::$variant(<$ty as EngineConfig>::from_url(url)?)),)*
+                    other => Err(unusable(other)),
+                }
+            }
+
+            /// The settings of the engine `backend` names, from the rest of its table.
+            fn parse_table(backend: &str, table: toml::Table) -> Result<Self> {
+                match backend {
+                    $always_scheme => Ok(Self::$always(backend_settings(backend, table)?)),
+                    $(#[cfg(feature = $scheme)] $scheme => Ok(Self::$variant(backend_settings(backend, table)?)),)*
+                    other => Err(unusable(other)),
+                }
+            }
+
+            /// The backend's name (`memory`, ...).
+            pub fn backend_name(&self) -> &'static str {
+                match self {
+                    Self::$always(_) => <$always_ty as EngineConfig>::SCHEME,
+                    $(#[cfg(feature = $scheme)] Self::$variant(_) => <$ty as EngineConfig>::SCHEME,)*
+                }
+            }
+
+            fn validate(&self) -> Result<()> {
+                match self {
+                    Self::$always(c) => c.validate(),
+                    $(#[cfg(feature = $scheme)] Self::$variant(c) => c.validate(),)*
+                }
+            }
+
+            /// Asks the engine to keep record headers (and keys) even where it has to
+            /// encode them into the payload (Kinesis: the headers envelope); engines
+            /// with native headers have nothing to do.
+            pub fn keep_headers(&mut self) {
+                match self {
+                    Self::$always(c) => c.keep_headers(),
+                    $(#[cfg(feature = $scheme)] Self::$variant(c) => c.keep_headers(),)*
+                }
+            }
+
+            /// Opens the engine (see [`EngineConfig::connect`]).
+            pub(crate) async fn connect(self) -> Result<Arc<dyn Backend>> {
+                match self {
+                    Self::$always(c) => c.connect().await,
+                    $(#[cfg(feature = $scheme)] Self::$variant(c) => c.connect().await,)*
+                }
+            }
+        }
+    };
+}
+
+engines! {
     /// The in-memory engine (`memory://`), always compiled in.
-    Memory(MemoryConfig),
+    Memory(MemoryConfig) = "memory";
     /// The embedded durable log (`native:///path`), feature `native` (default).
-    #[cfg(feature = "native")]
-    Native(tributary_native::NativeConfig),
+    Native(tributary_native::NativeConfig) = "native";
     /// An Apache Kafka cluster (feature `kafka`).
-    #[cfg(feature = "kafka")]
-    Kafka(tributary_kafka::KafkaConfig),
+    Kafka(tributary_kafka::KafkaConfig) = "kafka";
     /// Amazon Kinesis Data Streams or an emulator (feature `kinesis`).
-    #[cfg(feature = "kinesis")]
-    Kinesis(tributary_kinesis::KinesisConfig),
+    Kinesis(tributary_kinesis::KinesisConfig) = "kinesis";
+}
+
+/// String equality in a constant (`==` on `str` is not const).
+const fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Whether this build of Tributary can use a URL scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SchemeSupport {
     /// Compiled in.
     Available,
     /// Exists behind a cargo feature of the `tributary` crate that is off.
     FeatureOff(&'static str),
-    /// Named in the design but not part of any build of this version.
-    NotYetAvailable,
-}
-
-/// Every scheme Tributary knows, with its cargo feature (`None`: always compiled).
-const SCHEMES: &[(&str, Option<&str>)] = &[
-    ("memory", None),
-    ("native", Some("native")),
-    ("kafka", Some("kafka")),
-    ("kinesis", Some("kinesis")),
-];
-
-/// Schemes whose backend is compiled in.
-fn compiled(scheme: &str) -> bool {
-    scheme == "memory"
-        || (scheme == "native" && cfg!(feature = "native"))
-        || (scheme == "kafka" && cfg!(feature = "kafka"))
-        || (scheme == "kinesis" && cfg!(feature = "kinesis"))
-}
-
-/// Features that exist in this version's Cargo.toml.
-fn feature_exists(feature: &str) -> bool {
-    matches!(feature, "native" | "kafka" | "kinesis")
 }
 
 /// How this build supports `scheme`; `None` for a scheme Tributary does not know.
 pub fn scheme_support(scheme: &str) -> Option<SchemeSupport> {
-    let (_, feature) = SCHEMES.iter().find(|(s, _)| *s == scheme)?;
+    let (_, feature, compiled) = SCHEMES.iter().find(|(s, _, _)| *s == scheme)?;
     Some(match feature {
-        _ if compiled(scheme) => SchemeSupport::Available,
-        Some(f) if feature_exists(f) => SchemeSupport::FeatureOff(f),
-        _ => SchemeSupport::NotYetAvailable,
+        Some(feature) if !compiled => SchemeSupport::FeatureOff(feature),
+        _ => SchemeSupport::Available,
     })
 }
 
 fn compiled_schemes() -> String {
     SCHEMES
         .iter()
-        .filter(|(s, _)| compiled(s))
-        .map(|(s, _)| format!("{s}://"))
+        .filter(|(_, _, compiled)| *compiled)
+        .map(|(s, _, _)| format!("{s}://"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -89,10 +167,6 @@ fn unusable(scheme: &str) -> Error {
     match scheme_support(scheme) {
         Some(SchemeSupport::FeatureOff(feature)) => Error::invalid_config(format!(
             "the {scheme} backend is not compiled in: enable the `{feature}` feature of the tributary crate"
-        )),
-        Some(SchemeSupport::NotYetAvailable) => Error::invalid_config(format!(
-            "the {scheme} backend is not available in this version of tributary yet (compiled in: {})",
-            compiled_schemes()
         )),
         _ => Error::invalid_config(format!(
             "unknown backend {scheme:?}; compiled in: {}",
@@ -110,18 +184,7 @@ impl Config {
     /// unknown option (listing the valid ones).
     pub fn from_url(url: &str) -> Result<Self> {
         let parsed = BackendUrl::parse(url)?;
-        match parsed.scheme.as_str() {
-            "memory" => Ok(Self::Memory(MemoryConfig::from_url(&parsed)?)),
-            #[cfg(feature = "native")]
-            "native" => Ok(Self::Native(tributary_native::NativeConfig::from_url(&parsed)?)),
-            #[cfg(feature = "kafka")]
-            "kafka" => Ok(Self::Kafka(tributary_kafka::KafkaConfig::from_url(&parsed)?)),
-            #[cfg(feature = "kinesis")]
-            "kinesis" => Ok(Self::Kinesis(tributary_kinesis::KinesisConfig::from_url(
-                &parsed,
-            )?)),
-            other => Err(unusable(other)),
-        }
+        Self::parse_url(&parsed.scheme, &parsed)
     }
 
     /// Reads a TOML document with a `backend` key and the backend's settings.
@@ -147,16 +210,7 @@ impl Config {
                 )));
             }
         };
-        let config = match backend.as_str() {
-            "memory" => Self::Memory(backend_settings(&backend, table)?),
-            #[cfg(feature = "native")]
-            "native" => Self::Native(backend_settings(&backend, table)?),
-            #[cfg(feature = "kafka")]
-            "kafka" => Self::Kafka(backend_settings(&backend, table)?),
-            #[cfg(feature = "kinesis")]
-            "kinesis" => Self::Kinesis(backend_settings(&backend, table)?),
-            other => return Err(unusable(other)),
-        };
+        let config = Self::parse_table(&backend, table)?;
         config.validate()?;
         Ok(config)
     }
@@ -190,31 +244,6 @@ impl Config {
         Err(Error::invalid_config(
             "set TRIBUTARY_URL (for example memory://) or TRIBUTARY_CONFIG (a TOML file)",
         ))
-    }
-
-    /// The backend's name (`memory`, ...).
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            Self::Memory(_) => "memory",
-            #[cfg(feature = "native")]
-            Self::Native(_) => "native",
-            #[cfg(feature = "kafka")]
-            Self::Kafka(_) => "kafka",
-            #[cfg(feature = "kinesis")]
-            Self::Kinesis(_) => "kinesis",
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        match self {
-            Self::Memory(c) => c.validate(),
-            #[cfg(feature = "native")]
-            Self::Native(c) => c.validate(),
-            #[cfg(feature = "kafka")]
-            Self::Kafka(c) => c.validate(),
-            #[cfg(feature = "kinesis")]
-            Self::Kinesis(c) => c.validate(),
-        }
     }
 }
 

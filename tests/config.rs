@@ -75,8 +75,7 @@ fn known_schemes_not_in_this_build_say_so() {
             SchemeSupport::FeatureOff(feature) => {
                 assert!(err.to_string().contains(&format!("`{feature}` feature")), "{err}")
             }
-            SchemeSupport::NotYetAvailable => assert!(err.to_string().contains("not available"), "{err}"),
-            SchemeSupport::Available => unreachable!("filtered above"),
+            other => unreachable!("filtered above: {other:?}"),
         }
     }
     assert_eq!(scheme_support("memory"), Some(SchemeSupport::Available));
@@ -232,4 +231,25 @@ fn kinesis_from_url_and_toml() {
     assert!(!err.to_string().contains("AKIA"), "{err}");
     let err = Config::from_toml_str("backend = \"kinesis\"\nsecret_access_key = \"x\"\n").unwrap_err();
     assert!(err.to_string().contains("unknown"), "{err}");
+}
+
+#[test]
+fn keep_headers_asks_only_engines_without_native_headers() {
+    let mut memory = Config::from_url("memory://").unwrap();
+    let before = memory.clone();
+    memory.keep_headers();
+    assert_eq!(memory, before, "the memory engine keeps headers natively");
+    #[cfg(feature = "kinesis")]
+    {
+        let mut kinesis = Config::from_url("kinesis://?region=us-east-1").unwrap();
+        let Config::Kinesis(settings) = &kinesis else {
+            panic!("{kinesis:?}")
+        };
+        assert!(!settings.headers_envelope);
+        kinesis.keep_headers();
+        let Config::Kinesis(settings) = &kinesis else {
+            panic!("{kinesis:?}")
+        };
+        assert!(settings.headers_envelope, "Kinesis keeps headers in its envelope");
+    }
 }

@@ -1,6 +1,6 @@
-//! tributary-kafka against hand-written rdkafka code doing the same work, and the
-//! native engine against Kafka, in one run on this machine's broker
-//! (TRIBUTARY_TEST_KAFKA, from `scripts/kafka start`).
+//! tributary-kafka against hand-written rdkafka code doing the same work, in one run
+//! on this machine's broker (TRIBUTARY_TEST_KAFKA, from `scripts/kafka start`). The
+//! engines against each other: `scripts/bench-backends` (`trib bench`).
 //!
 //! `TRIBUTARY_TEST_KAFKA=127.0.0.1:19092 cargo bench -p tributary-kafka --bench kafka`
 //! (`TRIBUTARY_BENCH_SCALE=0.1` for a quick look). Producing runs three times per
@@ -26,7 +26,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tributary_core::{Backend, Bytes, ConsumerConfig, Producer, ProducerConfig, Record, StreamSpec};
 use tributary_kafka::{KafkaBackend, KafkaConfig};
-use tributary_native::{NativeBackend, NativeConfig};
 
 const PARTITIONS: u32 = 6;
 const SENDERS: usize = 4;
@@ -184,28 +183,24 @@ async fn one_raw(producer: &FutureProducer, topic: &str, payload: &Bytes, i: usi
     start.elapsed().as_micros() as u64
 }
 
-/// Single-send latency of the three clients, after a warm-up, samples interleaved so
+/// Single-send latency of the two clients, after a warm-up, samples interleaved so
 /// the machine's noise falls on all of them alike.
 async fn latencies(
     ours: &dyn Producer,
     raw: &FutureProducer,
-    native: &dyn Producer,
     topic: &str,
     size: usize,
-) -> [Histogram<u64>; 3] {
+) -> [Histogram<u64>; 2] {
     let payload = value(size);
     for i in 0..200 {
         one_tributary(ours, topic, &payload, i).await;
         one_raw(raw, topic, &payload, i).await;
-        one_tributary(native, topic, &payload, i).await;
     }
-    let mut h = [(); 3].map(|_| Histogram::new(3).unwrap());
+    let mut h = [(); 2].map(|_| Histogram::new(3).unwrap());
     for i in 0..LATENCY_SAMPLES {
         h[0].record(one_tributary(ours, topic, &payload, i).await)
             .unwrap();
         h[1].record(one_raw(raw, topic, &payload, i).await).unwrap();
-        h[2].record(one_tributary(native, topic, &payload, i).await)
-            .unwrap();
     }
     h
 }
@@ -299,29 +294,23 @@ fn main() {
         let mut low_latency = config.clone();
         low_latency.linger = Duration::ZERO;
         let kafka_low_latency = KafkaBackend::new(low_latency).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let native = NativeBackend::open(NativeConfig::at(dir.path())).unwrap();
         let run = format!("{:x}", fastrand::u32(..));
-        println!("| record | metric | tributary-kafka | raw rdkafka | ratio | native (page_cache) | native / kafka |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| record | metric | tributary-kafka | raw rdkafka | ratio |");
+        println!("|---|---|---|---|---|");
         for (size, total) in [(100usize, 400_000.0), (1024, 150_000.0)] {
             let total = ((total * scale()) as usize).max(SENDERS * BATCH);
-            let (mut ours, mut raw, mut nat) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ours, mut raw) = (Vec::new(), Vec::new());
             let tributary_producer: Arc<dyn Producer> =
                 Arc::from(kafka.producer(ProducerConfig::default()).await.unwrap());
             let raw_prod = Arc::new(raw_producer(&bootstrap, 5));
-            let native_producer: Arc<dyn Producer> =
-                Arc::from(native.producer(ProducerConfig::default()).await.unwrap());
             let mut topics = Vec::new();
             for round in 0..3 {
-                let (t_ours, t_raw, t_nat) = (
+                let (t_ours, t_raw) = (
                     format!("bench-{run}-{size}-t{round}"),
                     format!("bench-{run}-{size}-r{round}"),
-                    format!("bench-{run}-{size}-n{round}"),
                 );
                 create(&kafka, &t_ours).await;
                 create(&kafka, &t_raw).await;
-                create(&native, &t_nat).await;
                 if round % 2 == 0 {
                     ours.push(produce_tributary(tributary_producer.clone(), &t_ours, total, size).await);
                     raw.push(produce_raw(raw_prod.clone(), &t_raw, total, size).await);
@@ -329,20 +318,18 @@ fn main() {
                     raw.push(produce_raw(raw_prod.clone(), &t_raw, total, size).await);
                     ours.push(produce_tributary(tributary_producer.clone(), &t_ours, total, size).await);
                 }
-                nat.push(produce_tributary(native_producer.clone(), &t_nat, total, size).await);
-                topics.push((t_ours, t_raw, t_nat));
+                topics.push((t_ours, t_raw));
             }
-            let (o, r, n) = (median(ours), median(raw), median(nat));
+            let (o, r) = (median(ours), median(raw));
             println!(
-                "| {size} B | produce, {SENDERS} senders x {BATCH}-record batches (rec/s) | {o:.0} | {r:.0} | {:.2} | {n:.0} | {:.1}x |",
-                o / r,
-                n / o
+                "| {size} B | produce, {SENDERS} senders x {BATCH}-record batches (rec/s) | {o:.0} | {r:.0} | {:.2} |",
+                o / r
             );
             let read_total = total / SENDERS / BATCH * SENDERS * BATCH;
             // Both clients read the same topic, five times each, in alternating order:
             // fetch timing on this machine swings run to run, so one pair means little.
-            let (mut ours, mut raw, mut nat) = (Vec::new(), Vec::new(), Vec::new());
-            let (shared_topic, _, native_topic) = &topics[0];
+            let (mut ours, mut raw) = (Vec::new(), Vec::new());
+            let (shared_topic, _) = &topics[0];
             for round in 0..5 {
                 if round % 2 == 0 {
                     ours.push(consume_tributary(&kafka, shared_topic, read_total).await);
@@ -351,41 +338,35 @@ fn main() {
                     raw.push(consume_raw(&bootstrap, shared_topic, read_total).await);
                     ours.push(consume_tributary(&kafka, shared_topic, read_total).await);
                 }
-                nat.push(consume_tributary(&native, native_topic, read_total).await);
             }
             let spread = |v: &[f64]| {
                 let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
                 format!("{lo:.0}–{hi:.0}")
             };
             println!(
-                "| {size} B | consume, spread of 5 runs (rec/s) | {} | {} | | {} | |",
+                "| {size} B | consume, spread of 5 runs (rec/s) | {} | {} | |",
                 spread(&ours),
-                spread(&raw),
-                spread(&nat)
+                spread(&raw)
             );
-            let (o, r, n) = (median(ours), median(raw), median(nat));
+            let (o, r) = (median(ours), median(raw));
             println!(
-                "| {size} B | consume from the start (rec/s) | {o:.0} | {r:.0} | {:.2} | {n:.0} | {:.1}x |",
-                o / r,
-                n / o
+                "| {size} B | consume from the start (rec/s) | {o:.0} | {r:.0} | {:.2} |",
+                o / r
             );
             let topic = format!("bench-{run}-{size}-latency");
             create(&kafka, &topic).await;
-            create(&native, &topic).await;
             let ours_lat = kafka_low_latency.producer(ProducerConfig::default()).await.unwrap();
             let raw_lat = raw_producer(&bootstrap, 0);
-            let native_lat = native.producer(ProducerConfig::default()).await.unwrap();
-            let [h_ours, h_raw, h_nat] = latencies(&*ours_lat, &raw_lat, &*native_lat, &topic, size).await;
+            let [h_ours, h_raw] = latencies(&*ours_lat, &raw_lat, &topic, size).await;
             for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
-                let (o, r, n) = (pct(&h_ours, q), pct(&h_raw, q), pct(&h_nat, q));
+                let (o, r) = (pct(&h_ours, q), pct(&h_raw, q));
                 println!(
-                    "| {size} B | single send, acknowledged, {label} (us; linger 0) | {o:.0} | {r:.0} | {:.2} | {n:.0} | {:.2}x |",
-                    r / o,
-                    n / o
+                    "| {size} B | single send, acknowledged, {label} (us; linger 0) | {o:.0} | {r:.0} | {:.2} |",
+                    r / o
                 );
             }
             let admin = kafka.admin().await.unwrap();
-            for (t_ours, t_raw, _) in topics {
+            for (t_ours, t_raw) in topics {
                 admin.delete_stream(&t_ours).await.unwrap();
                 admin.delete_stream(&t_raw).await.unwrap();
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
+use tributary_core::raw::EngineConfig;
 use tributary_core::{BackendUrl, Error, Result};
 
 /// A secret (a password or a private key): kept in memory as given, never shown.
@@ -376,9 +377,6 @@ pub(crate) enum Role {
 }
 
 impl KafkaConfig {
-    /// The URL scheme.
-    pub const SCHEME: &'static str = "kafka";
-
     /// Settings for the given bootstrap brokers, everything else default.
     pub fn new(bootstrap: impl Into<String>) -> Self {
         Self {

@@ -12,6 +12,8 @@ use std::sync::{Arc, OnceLock};
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
+use tributary_core::BackendUrl;
+use tributary_core::raw::EngineConfig;
 use tributary_core::{
     Admin, Backend, Capabilities, Consumer, ConsumerConfig, Producer, ProducerConfig, Result, async_trait,
 };
@@ -93,5 +95,21 @@ impl Backend for KafkaBackend {
             self.config.clone(),
             self.admin_client()?,
         )))
+    }
+}
+
+impl EngineConfig for KafkaConfig {
+    const SCHEME: &'static str = "kafka";
+
+    fn from_url(url: &BackendUrl) -> Result<Self> {
+        KafkaConfig::from_url(url)
+    }
+
+    fn validate(&self) -> Result<()> {
+        KafkaConfig::validate(self)
+    }
+
+    async fn connect(self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(KafkaBackend::new(self)?))
     }
 }

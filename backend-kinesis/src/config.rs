@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tributary_core::raw::EngineConfig;
 use tributary_core::{BackendUrl, Error, Result};
 
 /// Kinesis's own cap on one record: partition key plus data.
@@ -171,9 +172,6 @@ const CREDENTIAL_KEYS: &[&str] = &[
 ];
 
 impl KinesisConfig {
-    /// The URL scheme, `kinesis`.
-    pub const SCHEME: &'static str = "kinesis";
-
     /// Settings for `region` with a custom endpoint (an emulator), the rest default.
     pub fn local(region: impl Into<String>, endpoint: impl Into<String>) -> Self {
         Self {

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tributary_core::{Error, ErrorKind, Result, Timestamp};
 
 use crate::Shared;
-use crate::consumer::{ReaderContext, ReaderExit, Start};
 use crate::error::{code, convert};
+use crate::reader::{ReaderContext, ReaderExit, Start};
 
 /// A stream consumer registered for enhanced fan-out.
 #[derive(Debug)]

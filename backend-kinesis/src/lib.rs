@@ -3,6 +3,7 @@
 mod admin;
 mod config;
 mod consumer;
+mod coordinator;
 mod dynamo;
 mod envelope;
 mod error;
@@ -14,6 +15,7 @@ mod leases;
 mod polling;
 mod position;
 mod producer;
+mod reader;
 mod shards;
 
 use std::collections::HashMap;
@@ -24,6 +26,8 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
+use tributary_core::BackendUrl;
+use tributary_core::raw::EngineConfig;
 use tributary_core::{
     Admin, Backend, Capabilities, Consumer, ConsumerConfig, Error, Producer, ProducerConfig, Result,
     async_trait,
@@ -251,4 +255,25 @@ pub(crate) fn validate_stream_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+impl EngineConfig for KinesisConfig {
+    const SCHEME: &'static str = "kinesis";
+
+    fn from_url(url: &BackendUrl) -> Result<Self> {
+        KinesisConfig::from_url(url)
+    }
+
+    fn validate(&self) -> Result<()> {
+        KinesisConfig::validate(self)
+    }
+
+    /// Kinesis records have no headers: keeping them means the headers envelope.
+    fn keep_headers(&mut self) {
+        self.headers_envelope = true;
+    }
+
+    async fn connect(self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(KinesisBackend::new(self).await?))
+    }
 }

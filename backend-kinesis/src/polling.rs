@@ -5,8 +5,8 @@ use aws_smithy_types::DateTime;
 use tokio::time::Instant;
 use tributary_core::{Error, ErrorKind, Result, Timestamp};
 
-use crate::consumer::{ReaderContext, ReaderExit, Start};
 use crate::error::{code, convert};
+use crate::reader::{ReaderContext, ReaderExit, Start};
 
 /// Reads a shard to its end (or until the consumer goes away).
 pub(crate) async fn read_shard(mut cx: ReaderContext) -> ReaderExit {

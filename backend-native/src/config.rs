@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tributary_core::raw::EngineConfig;
 use tributary_core::{BackendUrl, Error, Result};
 
 /// When a send is acknowledged, and so what a crash can lose.
@@ -87,9 +88,6 @@ pub fn default_dir() -> PathBuf {
 const MAX_SEGMENT_BYTES: u64 = 2 * 1024 * 1024 * 1024 - 64 * 1024 * 1024;
 
 impl NativeConfig {
-    /// The URL scheme.
-    pub const SCHEME: &'static str = "native";
-
     /// A config for the data directory `path`, other settings default.
     pub fn at(path: impl Into<PathBuf>) -> Self {
         Self {

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use tributary_core::BackendUrl;
+use tributary_core::raw::EngineConfig;
 use tributary_core::{
     Admin, Backend, Capabilities, Consumer, ConsumerConfig, Producer, ProducerConfig, Result, async_trait,
 };
@@ -102,5 +104,21 @@ impl Backend for NativeBackend {
         Ok(Box::new(client::NativeAdmin {
             engine: self.engine.clone(),
         }))
+    }
+}
+
+impl EngineConfig for NativeConfig {
+    const SCHEME: &'static str = "native";
+
+    fn from_url(url: &BackendUrl) -> Result<Self> {
+        NativeConfig::from_url(url)
+    }
+
+    fn validate(&self) -> Result<()> {
+        NativeConfig::validate(self)
+    }
+
+    async fn connect(self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(NativeBackend::open(self)?))
     }
 }

@@ -65,8 +65,8 @@ pub(crate) async fn run(
     let (destination_engine, destination_stream) = split_endpoint(&args.destination);
     let envelope = !args.no_envelope;
     let adjust = |config: &mut Config| {
-        if let Config::Kinesis(kinesis) = config {
-            kinesis.headers_envelope |= envelope;
+        if envelope {
+            config.keep_headers();
         }
     };
     let source = session.client_for(target, source_engine, adjust).await?;

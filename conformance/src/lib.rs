@@ -1,13 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod harness;
+mod run;
 pub mod scenarios;
 mod support;
 pub mod zombie;
 
-pub use harness::{
-    Expected, Harness, MemoryHarness, Outcome, Timing, memory_expected, run_scenario, server_from_env,
-};
+pub use harness::{Expected, Harness, MemoryHarness, Outcome, Timing, memory_expected, server_from_env};
+pub use run::run_scenario;
 pub use support::{Ctx, Members, drain, drain_quiet};
 
 /// Calls `$callback!(($($args)*) scenario, scenario, ...)` with every scenario name:

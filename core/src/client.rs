@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::capabilities::Capabilities;
-use crate::error::{Result, SendError};
+use crate::error::Result;
 use crate::id::{Offset, PartitionId};
 use crate::record::{Delivery, Received, Record, StartFrom};
+use crate::send::SendError;
 use crate::stream::{StreamInfo, StreamSpec};
 
 /// An engine: hands out producers, consumers and an admin handle.

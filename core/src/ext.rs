@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::Capabilities;
 use crate::client::{Admin, Backend, Consumer, ConsumerConfig, Producer, ProducerConfig};
-use crate::error::{Error, ErrorKind, Result, SendError};
+use crate::error::{Error, ErrorKind, Result};
 use crate::id::{Offset, PartitionId};
 use crate::record::{Delivery, Received, Record, StartFrom};
+use crate::send::SendError;
 use crate::stream::{StreamInfo, StreamSpec};
 
 /// Conveniences for every [`Producer`].

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
 use crate::client::{Admin, Backend, Consumer, ConsumerConfig, Producer, ProducerConfig};
-use crate::error::{Error, Result, SendError};
+use crate::error::{Error, Result};
 use crate::id::{Offset, PartitionId};
 use crate::record::{Delivery, Received, Record, StartFrom};
+use crate::send::SendError;
 
 /// Wraps what a backend hands out. Every method defaults to no wrapping.
 pub trait Layer: Send + Sync + fmt::Debug + 'static {

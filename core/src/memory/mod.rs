@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capabilities::Capabilities;
 use crate::client::{Admin, Backend, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
 use crate::url::BackendUrl;
 
@@ -53,9 +54,6 @@ impl Default for MemoryConfig {
 }
 
 impl MemoryConfig {
-    /// The URL scheme.
-    pub const SCHEME: &'static str = "memory";
-
     /// Reads `memory://?partitions=4&max_record_bytes=1000&session_timeout=10s`.
     ///
     /// # Errors
@@ -97,6 +95,22 @@ impl MemoryConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl EngineConfig for MemoryConfig {
+    const SCHEME: &'static str = "memory";
+
+    fn from_url(url: &BackendUrl) -> Result<Self> {
+        MemoryConfig::from_url(url)
+    }
+
+    fn validate(&self) -> Result<()> {
+        MemoryConfig::validate(self)
+    }
+
+    async fn connect(self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(MemoryBackend::new(self)?))
     }
 }
 

@@ -7,10 +7,11 @@ use async_trait::async_trait;
 
 use super::state::{Engine, StoredRecord};
 use crate::client::Producer;
-use crate::error::{Error, Result, SendError};
+use crate::error::{Error, Result};
 use crate::id::{Offset, PartitionId, Timestamp};
 use crate::partitioner::partition_for_key;
 use crate::record::{Delivery, Record};
+use crate::send::SendError;
 use crate::stream::validate_stream_name;
 
 pub(super) struct MemoryProducer {
