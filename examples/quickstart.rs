@@ -14,7 +14,7 @@ async fn main() -> tributary::Result<()> {
     let client = Client::from_url("native://").await?;
     println!(
         "data directory: {}",
-        tributary::NativeConfig::default().path.display()
+        tributary::native::NativeConfig::default().path.display()
     );
     client
         .ensure_stream(&StreamSpec::new("orders").with_partitions(3))

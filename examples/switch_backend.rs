@@ -5,17 +5,15 @@
 
 use std::time::Duration;
 
-use tributary::{Client, ConsumerConfig, ProducerExt, Record, StartFrom, StreamSpec};
+use tributary::{Client, Config, ConsumerConfig, ProducerExt, Record, StartFrom, StreamSpec};
 
 #[tokio::main]
 async fn main() -> tributary::Result<()> {
     let url = std::env::var("TRIBUTARY_URL").unwrap_or_else(|_| "memory://".to_string());
-    let client = Client::from_url(&url).await?;
-    println!(
-        "engine: {} ({:?})",
-        tributary::redact_query(&url),
-        client.capabilities()
-    );
+    let config = Config::from_url(&url)?;
+    let engine = config.backend_name();
+    let client = Client::connect(config).await?;
+    println!("engine: {engine} ({:?})", client.capabilities());
 
     // A fresh stream per run, so the example can run again against a shared server.
     let stream = format!("switch-backend-{}", std::process::id());

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tributary_core::raw::EngineConfig;
-use tributary_core::{Backend, BackendUrl, Error, MemoryConfig, Result, describe_config_error};
+use tributary_core::raw::{BackendUrl, describe_config_error};
+use tributary_core::{Backend, Error, MemoryConfig, Result};
 
 /// The one list of engines: a line each, `Variant(ConfigType) = "scheme"`, the scheme
 /// being the name of the cargo feature that compiles the engine in and the variant's

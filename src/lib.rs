@@ -7,13 +7,42 @@ mod mirror;
 pub use client::Client;
 pub use config::{Config, SchemeSupport, scheme_support};
 pub use mirror::{MirrorOptions, MirrorProgress, mirror};
-pub use tributary_core::*;
-/// The Kafka backend's settings and handle (feature `kafka`).
+pub use tributary_core::{
+    Admin, Backend, BoxError, Bytes, Capabilities, Consumer, ConsumerConfig, ConsumerExt, ConsumerMode,
+    Delivery, Error, ErrorKind, Headers, KeyRange, Layer, Layered, MAX_STREAM_NAME_LEN, MemoryBackend,
+    MemoryConfig, Offset, PartitionId, PartitionInfo, PartitionState, Producer, ProducerConfig, ProducerExt,
+    Received, Record, Result, RetryLayer, RetryPolicy, SendError, StartFrom, StreamInfo, StreamSpec,
+    Timestamp, async_trait,
+};
+#[cfg(feature = "mock")]
+pub use tributary_core::{MockAdmin, MockBackend, MockConsumer, MockProducer};
+
+/// What only engine implementers need (see docs/writing-an-engine.md); applications
+/// should not have to name anything here.
+pub mod raw {
+    pub use tributary_core::raw::*;
+}
+
+/// The Kafka engine (`kafka://`, feature `kafka`): its settings, its handle and the
+/// engine's own producer, consumer and admin, which expose rdkafka where the contract
+/// stops.
 #[cfg(feature = "kafka")]
-pub use tributary_kafka::{KafkaBackend, KafkaConfig};
-/// The Kinesis backend's settings and handle (feature `kinesis`).
+pub mod kafka {
+    pub use tributary_kafka::*;
+}
+
+/// The Kinesis engine (`kinesis://`, feature `kinesis`): its settings, its handle,
+/// lease stores and the engine's own producer, consumer and admin, which expose the AWS
+/// SDK where the contract stops.
 #[cfg(feature = "kinesis")]
-pub use tributary_kinesis::{KinesisBackend, KinesisConfig, KinesisPosition, LeaseStoreKind, ReaderKind};
-/// The native engine's own settings and handle (feature `native`).
+pub mod kinesis {
+    pub use tributary_kinesis::*;
+}
+
+/// The native embedded engine (`native://`, feature `native`): its settings, its
+/// handle, durability modes, recovery reports and the storage seam used to inject
+/// faults.
 #[cfg(feature = "native")]
-pub use tributary_native::{Durability, NativeBackend, NativeConfig};
+pub mod native {
+    pub use tributary_native::*;
+}

@@ -5,9 +5,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tributary_core::raw::{validate_group_name, validate_stream_name};
 use tributary_core::{
     Consumer, ConsumerConfig, Error, ErrorKind, Producer, ProducerConfig, Received, Record, Result,
-    StartFrom, Timestamp, validate_group_name, validate_stream_name,
+    StartFrom, Timestamp,
 };
 
 use crate::client::Client;

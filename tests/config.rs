@@ -41,6 +41,7 @@ fn bad_values_are_named() {
             "memory://?session_timeout=soon",
             "`session_timeout`: invalid value",
         ),
+        ("memory://?session_timeout=400days", "at most one day"),
         ("memory://localhost", "no host or path"),
     ] {
         let err = Config::from_url(url).unwrap_err();
@@ -139,7 +140,7 @@ fn config_serializes_with_its_tag() {
 #[cfg(feature = "native")]
 #[test]
 fn native_url_and_toml() {
-    use tributary::{Durability, NativeConfig};
+    use tributary::native::{Durability, NativeConfig};
     let Config::Native(c) =
         Config::from_url("native:///var/lib/app?durability=sync&segment_bytes=1048576").unwrap()
     else {
@@ -218,7 +219,7 @@ fn kinesis_from_url_and_toml() {
         panic!("kinesis")
     };
     assert_eq!(kinesis.region.as_deref(), Some("eu-west-1"));
-    assert_eq!(kinesis.reader, tributary::ReaderKind::FanOut);
+    assert_eq!(kinesis.reader, tributary::kinesis::ReaderKind::FanOut);
     let text =
         "backend = \"kinesis\"\nregion = \"us-east-1\"\nheaders_envelope = true\npoll_interval = \"1s\"\n";
     let Config::Kinesis(kinesis) = Config::from_toml_str(text).unwrap() else {

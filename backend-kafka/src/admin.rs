@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication, TopicResult};
 use rdkafka::client::DefaultClientContext;
+use tributary_core::raw::validate_stream_name;
 use tributary_core::{
     Admin, Error, ErrorKind, Offset, PartitionId, PartitionInfo, PartitionState, Result, StreamInfo,
-    StreamSpec, async_trait, validate_stream_name,
+    StreamSpec, async_trait,
 };
 
 use crate::config::KafkaConfig;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
+use tributary_core::raw::BackendUrl;
 use tributary_core::raw::EngineConfig;
-use tributary_core::{BackendUrl, Error, Result};
+use tributary_core::{Error, Result};
 
 /// A secret (a password or a private key): kept in memory as given, never shown.
 ///
@@ -403,7 +404,7 @@ impl KafkaConfig {
                 }
             }
         }
-        let mut config: Self = tributary_core::query_config(Self::SCHEME, &named.finish())?;
+        let mut config: Self = tributary_core::raw::query_config(Self::SCHEME, &named.finish())?;
         if let Some(brokers) = url.target_as("bootstrap", "the brokers")? {
             config.bootstrap = brokers.to_string();
         }

@@ -15,9 +15,10 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset as KafkaOffset, TopicPartitionList};
+use tributary_core::raw::{AckTracker, validate_group_name, validate_stream_name};
 use tributary_core::{
-    AckTracker, Bytes, Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Offset, PartitionId,
-    Received, Result, StartFrom, Timestamp, async_trait, validate_group_name, validate_stream_name,
+    Bytes, Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Offset, PartitionId, Received, Result,
+    StartFrom, Timestamp, async_trait,
 };
 
 use crate::config::{KafkaConfig, Role};

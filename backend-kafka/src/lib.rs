@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use tributary_core::BackendUrl;
+use tributary_core::raw::BackendUrl;
 use tributary_core::raw::EngineConfig;
 use tributary_core::{
     Admin, Backend, Capabilities, Consumer, ConsumerConfig, Producer, ProducerConfig, Result, async_trait,

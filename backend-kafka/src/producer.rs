@@ -13,9 +13,10 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 type Client = FutureProducer<WatchedContext>;
+use tributary_core::raw::validate_stream_name;
 use tributary_core::{
     Delivery, Error, ErrorKind, Offset, PartitionId, Producer, Record, Result, SendError, Timestamp,
-    async_trait, validate_stream_name,
+    async_trait,
 };
 
 use crate::config::{KafkaConfig, Role};

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tributary_core::raw::BackendUrl;
 use tributary_core::raw::EngineConfig;
-use tributary_core::{BackendUrl, Error, Result};
+use tributary_core::{Error, Result};
 
 /// Kinesis's own cap on one record: partition key plus data.
 pub const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;

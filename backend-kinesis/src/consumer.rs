@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
+use tributary_core::raw::AckTracker;
 use tributary_core::{
-    AckTracker, Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Offset, PartitionId, Received,
-    Result, StartFrom, async_trait,
+    Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Offset, PartitionId, Received, Result,
+    StartFrom, async_trait,
 };
 
 use crate::config::{LeaseStoreKind, ReaderKind};
@@ -581,7 +582,7 @@ fn lease_table_name(shared: &Shared, stream: &str, group: &str) -> String {
 /// The lease store of `group` reading `stream`, as the backend config says.
 pub(crate) fn lease_store(shared: &Arc<Shared>, stream: &str, group: &str) -> Result<Arc<dyn LeaseStore>> {
     crate::validate_stream_name(stream)?;
-    tributary_core::validate_group_name(group)?;
+    tributary_core::raw::validate_group_name(group)?;
     let table = lease_table_name(shared, stream, group);
     Ok(match shared.config.leases {
         LeaseStoreKind::Dynamodb => Arc::new(crate::dynamo::DynamoLeaseStore::new(

@@ -26,7 +26,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
-use tributary_core::BackendUrl;
+use tributary_core::raw::BackendUrl;
 use tributary_core::raw::EngineConfig;
 use tributary_core::{
     Admin, Backend, Capabilities, Consumer, ConsumerConfig, Error, Producer, ProducerConfig, Result,
@@ -248,7 +248,7 @@ impl Backend for KinesisBackend {
 /// Checks a stream name against Kinesis's rules (1 to 128 of `A-Z a-z 0-9 _ . -`) and
 /// Tributary's (not `.` or `..`).
 pub(crate) fn validate_stream_name(name: &str) -> Result<()> {
-    tributary_core::validate_stream_name(name)?;
+    tributary_core::raw::validate_stream_name(name)?;
     if name.len() > 128 {
         return Err(Error::invalid_input(format!(
             "invalid stream name {name:?}: Kinesis stream names are at most 128 characters"

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tributary_core::{Record, Timestamp};
-use tributary_native::codec::{decode_header, decode_records, encode_batch};
+use tributary_native::raw::codec::{decode_header, decode_records, encode_batch};
 
 fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");

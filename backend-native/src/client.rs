@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tributary_core::group::{Cursors, MemberId};
+use tributary_core::raw::group::{Cursors, MemberId};
+use tributary_core::raw::{partition_for_key, validate_group_name, validate_stream_name};
 use tributary_core::{
     Admin, Consumer, ConsumerConfig, ConsumerMode, Delivery, Error, ErrorKind, Offset, PartitionId,
     PartitionInfo, PartitionState, Producer, Received, Record, Result, SendError, StartFrom, StreamInfo,
-    StreamSpec, Timestamp, async_trait, partition_for_key, validate_group_name, validate_stream_name,
+    StreamSpec, Timestamp, async_trait,
 };
 
 use crate::config::Durability;
@@ -317,7 +318,7 @@ fn resolve(log: &PartitionLog, start: &StartFrom) -> Result<u64> {
 }
 
 impl NativeConsumer {
-    pub fn new(engine: Arc<Engine>, config: ConsumerConfig) -> Result<Self> {
+    pub(crate) fn new(engine: Arc<Engine>, config: ConsumerConfig) -> Result<Self> {
         let stream = engine.stream(&config.stream)?;
         let member = match config.mode {
             ConsumerMode::Broadcast => None,
@@ -359,7 +360,7 @@ impl NativeConsumer {
         }
     }
 
-    /// Brings the assignment up to date (see `tributary_core::group::GroupState::sync`),
+    /// Brings the assignment up to date (see `tributary_core::raw::group::GroupState::sync`),
     /// persisting every commit it makes; a broadcast reader just adds partitions
     /// created since it last looked.
     fn sync(&mut self) -> Result<Option<Instant>> {
@@ -491,7 +492,7 @@ impl Consumer for NativeConsumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = tributary_core::deadline_after(timeout);
+        let deadline = tributary_core::raw::deadline_after(timeout);
         let heartbeat = self.engine.config.session_timeout / 3;
         let stream = self.stream.clone();
         loop {
@@ -505,7 +506,8 @@ impl Consumer for NativeConsumer {
             if !records.is_empty() {
                 return Ok(records);
             }
-            if !tributary_core::group::wait_for_news(notified.as_mut(), deadline, heartbeat, look_again).await
+            if !tributary_core::raw::group::wait_for_news(notified.as_mut(), deadline, heartbeat, look_again)
+                .await
             {
                 return Ok(Vec::new());
             }

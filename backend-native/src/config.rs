@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tributary_core::raw::BackendUrl;
 use tributary_core::raw::EngineConfig;
-use tributary_core::{BackendUrl, Error, Result};
+use tributary_core::{Error, Result};
 
 /// When a send is acknowledged, and so what a crash can lose.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +145,7 @@ impl NativeConfig {
             return bad("group_commit_interval must be above zero".into());
         }
         if self.session_timeout.is_zero()
-            || self.session_timeout > tributary_core::memory::MAX_SESSION_TIMEOUT
+            || self.session_timeout > tributary_core::raw::group::MAX_SESSION_TIMEOUT
         {
             return bad("session_timeout must be above zero and at most one day".into());
         }

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tributary_core::group::{GroupState, MemberId};
-use tributary_core::{Error, ErrorKind, Result, Timestamp, validate_stream_name};
+use tributary_core::raw::group::{GroupState, MemberId};
+use tributary_core::raw::validate_stream_name;
+use tributary_core::{Error, ErrorKind, Result, Timestamp};
 
 use crate::config::{Durability, NativeConfig};
 use crate::log::{LogConfig, PartitionLog, RecoveryReport};
@@ -102,20 +103,20 @@ pub(crate) struct StreamHandle {
 }
 
 impl StreamHandle {
-    pub fn partition_count(&self) -> u32 {
+    pub(crate) fn partition_count(&self) -> u32 {
         u32::try_from(self.partitions().len()).unwrap_or(u32::MAX)
     }
 
-    pub fn partitions(&self) -> std::sync::RwLockReadGuard<'_, Vec<Partition>> {
+    pub(crate) fn partitions(&self) -> std::sync::RwLockReadGuard<'_, Vec<Partition>> {
         self.partitions.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn log(&self, p: u32) -> Option<Arc<PartitionLog>> {
+    pub(crate) fn log(&self, p: u32) -> Option<Arc<PartitionLog>> {
         self.partitions().get(p as usize).map(|part| part.log.clone())
     }
 
     /// The log and id of partition `p`.
-    pub fn partition(&self, p: u32) -> Option<(Arc<PartitionLog>, tributary_core::PartitionId)> {
+    pub(crate) fn partition(&self, p: u32) -> Option<(Arc<PartitionLog>, tributary_core::PartitionId)> {
         self.partitions()
             .get(p as usize)
             .map(|part| (part.log.clone(), part.id.clone()))
@@ -130,13 +131,13 @@ pub(crate) struct Groups {
 }
 
 impl Groups {
-    pub fn new_member(&mut self) -> MemberId {
+    pub(crate) fn new_member(&mut self) -> MemberId {
         self.next_member += 1;
         self.next_member
     }
 
     /// The state of `group` on `stream`, loaded from the persisted commits on first use.
-    pub fn state(&mut self, group: &str, stream: &str) -> &mut GroupState {
+    pub(crate) fn state(&mut self, group: &str, stream: &str) -> &mut GroupState {
         let offsets = &self.offsets;
         self.states
             .entry((group.to_owned(), stream.to_owned()))
@@ -168,7 +169,7 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 impl Engine {
-    pub fn open(config: NativeConfig, storage: Arc<dyn Storage>) -> Result<Arc<Self>> {
+    pub(crate) fn open(config: NativeConfig, storage: Arc<dyn Storage>) -> Result<Arc<Self>> {
         config.validate()?;
         let root = config.path.clone();
         create_dir_durable(&*storage, &root)
@@ -397,26 +398,26 @@ impl Engine {
     }
 
     /// The largest batch body the log accepts; no single record may need more.
-    pub fn max_batch_body(&self) -> usize {
+    pub(crate) fn max_batch_body(&self) -> usize {
         self.log_config.max_batch_body
     }
 
-    pub fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed("native engine"));
         }
         Ok(())
     }
 
-    pub fn streams(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<StreamHandle>>> {
+    pub(crate) fn streams(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<StreamHandle>>> {
         self.streams.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn groups(&self) -> MutexGuard<'_, Groups> {
+    pub(crate) fn groups(&self) -> MutexGuard<'_, Groups> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn stream(&self, name: &str) -> Result<Arc<StreamHandle>> {
+    pub(crate) fn stream(&self, name: &str) -> Result<Arc<StreamHandle>> {
         validate_stream_name(name)?;
         self.check_open()?;
         self.streams()
@@ -425,7 +426,12 @@ impl Engine {
             .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))
     }
 
-    pub fn create_stream(&self, name: &str, partitions: u32, retention: Option<Duration>) -> Result<()> {
+    pub(crate) fn create_stream(
+        &self,
+        name: &str,
+        partitions: u32,
+        retention: Option<Duration>,
+    ) -> Result<()> {
         validate_stream_name(name)?;
         self.check_open()?;
         let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
@@ -499,7 +505,7 @@ impl Engine {
         Ok(())
     }
 
-    pub fn delete_stream(&self, name: &str) -> Result<()> {
+    pub(crate) fn delete_stream(&self, name: &str) -> Result<()> {
         validate_stream_name(name)?;
         self.check_open()?;
         // Order matters for crashes: the directory leaves first (durably), then the
@@ -535,7 +541,7 @@ impl Engine {
         Ok(())
     }
 
-    pub fn set_partitions(&self, name: &str, count: u32) -> Result<()> {
+    pub(crate) fn set_partitions(&self, name: &str, count: u32) -> Result<()> {
         let handle = self.stream(name)?;
         let guard = self.streams.write().unwrap_or_else(PoisonError::into_inner);
         // Deleted (or deleted and created again) since it was looked up: creating
@@ -595,7 +601,7 @@ impl Engine {
 
     /// Syncs everything, saves indexes for a fast reopen, stops the background thread
     /// and releases the directory lock. Handles still open get `Closed`. Idempotent.
-    pub fn close(&self) -> Result<()> {
+    pub(crate) fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }

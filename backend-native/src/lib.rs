@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod client;
-pub mod codec;
+mod codec;
 mod config;
 mod engine;
 mod log;
@@ -13,14 +13,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use tributary_core::BackendUrl;
+use tributary_core::raw::BackendUrl;
 use tributary_core::raw::EngineConfig;
 use tributary_core::{
     Admin, Backend, Capabilities, Consumer, ConsumerConfig, Producer, ProducerConfig, Result, async_trait,
 };
 
 pub use config::{Durability, NativeConfig, default_dir};
-pub use log::{LostDurable, RecoveryReport, check_index};
+pub use log::{LostDurable, RecoveryReport};
+
+/// The on-disk formats' decoders and encoder, public for the fuzz targets and the codec
+/// benchmark; not for applications, and not covered by semver.
+pub mod raw {
+    /// The batch format of segment files.
+    pub mod codec {
+        pub use crate::codec::*;
+    }
+    pub use crate::log::check_index;
+}
 use storage::{DiskStorage, Storage};
 
 /// The most partitions a native stream may have.

@@ -385,7 +385,7 @@ impl PartitionLog {
     }
 
     /// Creates an empty partition in `dir` (which must not exist yet).
-    pub fn create(dir: PathBuf, storage: Arc<dyn Storage>, config: LogConfig) -> Result<Self> {
+    pub(crate) fn create(dir: PathBuf, storage: Arc<dyn Storage>, config: LogConfig) -> Result<Self> {
         storage
             .create_dir_all(&dir)
             .map_err(|e| io_error("creating", &dir, e))?;
@@ -460,7 +460,7 @@ impl PartitionLog {
     }
 
     /// Opens the partition in `dir`, recovering from an unclean shutdown.
-    pub fn open(
+    pub(crate) fn open(
         dir: PathBuf,
         storage: Arc<dyn Storage>,
         config: LogConfig,
@@ -823,7 +823,7 @@ impl PartitionLog {
     /// Appends `records` (already checked against size limits) in batches of about
     /// 256 KiB, and returns the offset of the first record. The data is written
     /// (in the page cache) when this returns; call [`sync_to`](Self::sync_to) for more.
-    pub fn append(&self, records: &[Record], now: Timestamp) -> Result<u64> {
+    pub(crate) fn append(&self, records: &[Record], now: Timestamp) -> Result<u64> {
         let mut inner = self.lock();
         Self::check_writable(&inner)?;
         let first = inner.next_offset;
@@ -950,7 +950,7 @@ impl PartitionLog {
 
     /// Writes out what waits in memory (durability `memory`); the background thread
     /// calls this every flush interval.
-    pub fn flush(&self) -> Result<()> {
+    pub(crate) fn flush(&self) -> Result<()> {
         let mut inner = self.lock();
         self.write_out(&mut inner)
     }
@@ -958,7 +958,7 @@ impl PartitionLog {
     /// Blocks until everything below `target` is durable, syncing if no one else is.
     /// Many callers share one sync (group commit). After a failed sync the partition
     /// is poisoned and every caller gets the error; the sync is never retried.
-    pub fn sync_to(&self, target: u64) -> Result<()> {
+    pub(crate) fn sync_to(&self, target: u64) -> Result<()> {
         let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
         if *synced >= target {
             return Ok(());
@@ -1007,17 +1007,17 @@ impl PartitionLog {
     }
 
     /// Whether there are writes not yet synced.
-    pub fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         self.lock().dirty
     }
 
     /// The offset the next record gets.
-    pub fn next_offset(&self) -> u64 {
+    pub(crate) fn next_offset(&self) -> u64 {
         self.lock().next_offset
     }
 
     /// The offset of the oldest retained record (the next offset if empty).
-    pub fn low(&self) -> u64 {
+    pub(crate) fn low(&self) -> u64 {
         let inner = self.lock();
         inner.segments.keys().next().copied().unwrap_or(inner.next_offset)
     }
@@ -1026,7 +1026,7 @@ impl PartitionLog {
     /// if retention removed it). Empty at the end of the log. Disk reads go through
     /// `scratch`: records are slices of it, and its memory is reused by the next read
     /// once they are dropped (fresh 256 KiB buffers cost a page fault per 4 KiB).
-    pub fn read(&self, from: u64, max: usize, scratch: &mut BytesMut) -> Result<Vec<DecodedRecord>> {
+    pub(crate) fn read(&self, from: u64, max: usize, scratch: &mut BytesMut) -> Result<Vec<DecodedRecord>> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -1113,7 +1113,7 @@ impl PartitionLog {
 
     /// The offset of the first record whose timestamp is at least `t`, or the next
     /// offset if there is none.
-    pub fn offset_for_timestamp(&self, t: Timestamp) -> Result<u64> {
+    pub(crate) fn offset_for_timestamp(&self, t: Timestamp) -> Result<u64> {
         let t = t.as_millis();
         let candidate = {
             let inner = self.lock();
@@ -1211,7 +1211,7 @@ impl PartitionLog {
     }
 
     /// Deletes whole segments (never the active one) beyond the size or age limits.
-    pub fn enforce_retention(&self, now: Timestamp) -> Result<u64> {
+    pub(crate) fn enforce_retention(&self, now: Timestamp) -> Result<u64> {
         let mut removed = 0;
         loop {
             let victim = {
@@ -1253,7 +1253,7 @@ impl PartitionLog {
 
     /// Makes the log durable and saves the active segment's index, so the next open
     /// needs no scan. Called on clean shutdown.
-    pub fn close(&self) -> Result<()> {
+    pub(crate) fn close(&self) -> Result<()> {
         let mut inner = self.lock();
         if inner.poisoned.is_some() || inner.damage.is_some() {
             return Ok(());

@@ -93,7 +93,7 @@ fn key(group: &str, stream: &str, partition: Option<u32>) -> Bytes {
 
 impl OffsetStore {
     /// Opens (or creates) the log at `path` and replays it.
-    pub fn open(path: PathBuf, storage: Arc<dyn Storage>, sync: bool) -> Result<Self> {
+    pub(crate) fn open(path: PathBuf, storage: Arc<dyn Storage>, sync: bool) -> Result<Self> {
         let io =
             |e: std::io::Error| Error::new(ErrorKind::Io, format!("offsets log {}: {e}", path.display()));
         let file = storage.open(&path, true).map_err(io)?;
@@ -165,7 +165,7 @@ impl OffsetStore {
     ///
     /// # Errors
     /// The caps could not be persisted.
-    pub fn reconcile(&mut self, ends: &BTreeMap<String, Vec<u64>>) -> Result<Vec<MovedCommit>> {
+    pub(crate) fn reconcile(&mut self, ends: &BTreeMap<String, Vec<u64>>) -> Result<Vec<MovedCommit>> {
         let mut moved = Vec::new();
         self.state.retain(|stream, _| ends.contains_key(stream));
         for (stream, groups) in &mut self.state {
@@ -204,12 +204,12 @@ impl OffsetStore {
     }
 
     /// The commits of every group of `stream`.
-    pub fn stream(&self, stream: &str) -> StreamCommits {
+    pub(crate) fn stream(&self, stream: &str) -> StreamCommits {
         self.state.get(stream).cloned().unwrap_or_default()
     }
 
     /// Persists commits of `group` on `stream`: `(partition, next offset)`.
-    pub fn commit(&mut self, group: &str, stream: &str, commits: &[(u32, u64)]) -> Result<()> {
+    pub(crate) fn commit(&mut self, group: &str, stream: &str, commits: &[(u32, u64)]) -> Result<()> {
         if commits.is_empty() {
             return Ok(());
         }
@@ -237,7 +237,7 @@ impl OffsetStore {
     }
 
     /// Forgets every commit on `stream` (it was deleted).
-    pub fn drop_stream(&mut self, stream: &str) -> Result<()> {
+    pub(crate) fn drop_stream(&mut self, stream: &str) -> Result<()> {
         if self.state.remove(stream).is_none() {
             return Ok(());
         }
@@ -309,7 +309,7 @@ impl OffsetStore {
     }
 
     /// Makes every commit durable.
-    pub fn sync(&mut self) -> Result<()> {
+    pub(crate) fn sync(&mut self) -> Result<()> {
         self.file
             .sync_data()
             .map_err(|e| Error::new(ErrorKind::Io, format!("offsets log: {e}")))?;

@@ -77,7 +77,7 @@ pub(crate) async fn run(
         let engine = destination_engine.unwrap_or_default();
         format!(
             "trib-mirror-{destination_stream}-{:08x}",
-            tributary::murmur2(engine.as_bytes()) as u32
+            tributary::raw::murmur2(engine.as_bytes()) as u32
         )
     });
     let mut options = MirrorOptions::new(source_stream, destination_stream, group);

@@ -44,7 +44,7 @@ pub struct ProduceArgs {
 type Line = Result<Record, String>;
 
 pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Result<(), CliError> {
-    tributary::validate_stream_name(&args.stream).map_err(CliError::from)?;
+    tributary::raw::validate_stream_name(&args.stream).map_err(CliError::from)?;
     // Fail on a missing stream before reading any input.
     client
         .admin()

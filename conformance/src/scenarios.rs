@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
+use tributary_core::raw::partition_for_key;
 use tributary_core::{
     ConsumerConfig, ConsumerExt, ErrorKind, Headers, Offset, PartitionId, PartitionState, ProducerExt,
-    Received, Record, Result, StartFrom, StreamSpec, Timestamp, partition_for_key,
+    Received, Record, Result, StartFrom, StreamSpec, Timestamp,
 };
 
 use crate::harness::Outcome;

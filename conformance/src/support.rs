@@ -186,12 +186,12 @@ impl Ctx {
 }
 
 /// `values` as `"{prefix}-{i}"` for `i` in `0..n`.
-pub fn values(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn values(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 /// The values of `records` as text.
-pub fn texts(records: &[Received]) -> Vec<String> {
+pub(crate) fn texts(records: &[Received]) -> Vec<String> {
     records
         .iter()
         .map(|r| String::from_utf8_lossy(&r.value).into_owned())

@@ -12,7 +12,8 @@ use crate::id::{Offset, PartitionId};
 /// Offsets need not be contiguous (Kinesis), only increasing within a partition.
 ///
 /// ```
-/// use tributary_core::{AckTracker, Offset, PartitionId};
+/// use tributary_core::raw::AckTracker;
+/// use tributary_core::{Offset, PartitionId};
 /// let p = PartitionId::from_index(0);
 /// let mut acks = AckTracker::new();
 /// for o in [10, 11, 12, 13, 14] {           // A B C D E

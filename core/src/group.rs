@@ -13,6 +13,9 @@ use crate::ack::AckTracker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{Offset, PartitionId};
 
+/// The longest session timeout an in-process group accepts (one day).
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Waits for news in a poll loop: until `notified` fires (an append or a group
 /// change), the poll's `deadline`, the next `heartbeat` (a member must show it is
 /// alive), or `look_again` (a partition's holder may be evicted then). Returns false

@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use tributary_core::raw::partition_for_key;
 use tributary_core::{
     Admin, Backend, Consumer, ConsumerConfig, ErrorKind, MemoryBackend, MemoryConfig, Offset, PartitionId,
-    Producer, ProducerConfig, Record, StartFrom, StreamSpec, partition_for_key,
+    Producer, ProducerConfig, Record, StartFrom, StreamSpec,
 };
 
 const STREAM: &str = "model";

@@ -8,7 +8,7 @@
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tributary_core::{Record, Timestamp};
-use tributary_native::codec::{decode_header, decode_records, encode_batch};
+use tributary_native::raw::codec::{decode_header, decode_records, encode_batch};
 
 fn records_from(data: &[u8]) -> Vec<Record> {
     data.chunks(13)

@@ -8,5 +8,5 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let base = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
-    let _ = tributary_native::check_index(&data[8..], base);
+    let _ = tributary_native::raw::check_index(&data[8..], base);
 });

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(name) = std::str::from_utf8(data) else { return };
-    if tributary_core::validate_stream_name(name).is_err() {
+    if tributary_core::raw::validate_stream_name(name).is_err() {
         return;
     }
     let root = Path::new("/data/streams");

@@ -8,7 +8,7 @@ use tributary_core::{ErrorKind, Producer, Received, Record};
 
 /// What the producer learned.
 #[derive(Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     /// value -> (partition, offset) of every acknowledged record.
     pub acked: HashMap<String, (u32, u64)>,
     /// Records whose send ended Indeterminate: may or may not be in the log.
@@ -42,7 +42,7 @@ fn record(value: &str, attempt: u32) -> Record {
 /// Sends batches of `batch` records over `keys` keys until `done` says so, resending
 /// what a retryable failure hands back (never what may be persisted), pausing `pause`
 /// between batches; closes the producer.
-pub async fn produce(
+pub(crate) async fn produce(
     producer: Box<dyn Producer>,
     topic: &str,
     batch: u64,
@@ -119,7 +119,7 @@ pub async fn produce(
 
 /// A record read back: where it is and which send attempt wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Copy {
+pub(crate) struct Copy {
     pub partition: u32,
     pub offset: u64,
     pub attempt: String,
@@ -128,7 +128,7 @@ pub struct Copy {
 /// A log read back: every copy of each value, and per partition (offset, value) in
 /// offset order.
 #[derive(Default)]
-pub struct ReadBack {
+pub(crate) struct ReadBack {
     pub copies: HashMap<String, Vec<Copy>>,
     pub partitions: BTreeMap<u32, Vec<(u64, String)>>,
     /// Per partition, the offset after the last record read.
@@ -137,7 +137,7 @@ pub struct ReadBack {
 
 impl ReadBack {
     /// Takes records read in order.
-    pub fn take(&mut self, records: Vec<Received>) {
+    pub(crate) fn take(&mut self, records: Vec<Received>) {
         for r in records {
             let v = String::from_utf8(r.value.to_vec()).unwrap();
             let (partition, offset) = (r.partition.index().unwrap(), r.offset.as_u64().unwrap());
@@ -156,14 +156,14 @@ impl ReadBack {
     }
 
     /// Whether every partition was read up to its end in `ends`.
-    pub fn reached(&self, ends: &BTreeMap<u32, u64>) -> bool {
+    pub(crate) fn reached(&self, ends: &BTreeMap<u32, u64>) -> bool {
         ends.iter()
             .all(|(p, end)| self.next.get(p).copied().unwrap_or(0) >= *end)
     }
 }
 
 /// What a log read back says of the ledger.
-pub struct Findings {
+pub(crate) struct Findings {
     /// Acknowledged records found nowhere.
     pub lost: Vec<String>,
     /// Acknowledged records not where their delivery said.
@@ -175,7 +175,7 @@ pub struct Findings {
 }
 
 /// Compares a log read back with the ledger.
-pub fn compare(ledger: &Ledger, log: &ReadBack) -> Findings {
+pub(crate) fn compare(ledger: &Ledger, log: &ReadBack) -> Findings {
     let mut lost: Vec<String> = ledger
         .acked
         .keys()
@@ -215,7 +215,7 @@ pub fn compare(ledger: &Ledger, log: &ReadBack) -> Findings {
 }
 
 /// Fails on any finding, showing a few of each.
-pub fn assert_nothing_wrong(findings: &Findings) {
+pub(crate) fn assert_nothing_wrong(findings: &Findings) {
     let few = |v: &[String]| v[..v.len().min(5)].to_vec();
     assert!(
         findings.lost.is_empty(),
@@ -236,7 +236,7 @@ pub fn assert_nothing_wrong(findings: &Findings) {
 
 /// Per partition, the first copies of one key's records are in the order they were
 /// sent.
-pub fn assert_key_order(log: &ReadBack) {
+pub(crate) fn assert_key_order(log: &ReadBack) {
     for (partition, records) in &log.partitions {
         let mut last: HashMap<&str, &str> = HashMap::new();
         let mut first_copies = HashSet::new();

@@ -13,7 +13,7 @@ use tributary_core::{Backend, Result, async_trait};
 use tributary_kinesis::{KinesisBackend, KinesisConfig, LeaseStoreKind, ReaderKind};
 
 /// The emulator's endpoint; `None` (a skip) outside CI when unset.
-pub fn endpoint() -> Option<String> {
+pub(crate) fn endpoint() -> Option<String> {
     tributary_conformance::server_from_env(
         "TRIBUTARY_TEST_KINESIS",
         "start kinesis-local with scripts/kinesis start",
@@ -21,7 +21,7 @@ pub fn endpoint() -> Option<String> {
 }
 
 /// An SDK config with fixed test credentials, optionally on a scripted HTTP client.
-pub fn sdk_config(http: Option<SharedHttpClient>) -> SdkConfig {
+pub(crate) fn sdk_config(http: Option<SharedHttpClient>) -> SdkConfig {
     let credentials = Credentials::new("test", "test", None, None, "tributary-tests");
     let mut builder = SdkConfig::builder()
         .region(Region::new("us-east-1"))
@@ -35,7 +35,7 @@ pub fn sdk_config(http: Option<SharedHttpClient>) -> SdkConfig {
 
 /// The DynamoDB-compatible server for lease tables; `None` (a skip) outside CI when
 /// unset.
-pub fn dynamodb_endpoint() -> Option<String> {
+pub(crate) fn dynamodb_endpoint() -> Option<String> {
     tributary_conformance::server_from_env(
         "TRIBUTARY_TEST_DYNAMODB",
         "start dynalite with scripts/dynamodb start",
@@ -43,11 +43,11 @@ pub fn dynamodb_endpoint() -> Option<String> {
 }
 
 /// How long a group member's lease lasts in the tests.
-pub const FAILOVER: Duration = Duration::from_secs(2);
+pub(crate) const FAILOVER: Duration = Duration::from_secs(2);
 
 /// Settings for the emulator: quick shard discovery, bounded waits, short leases kept
 /// on the DynamoDB-compatible server when one is named (else in memory).
-pub fn local_config(endpoint: &str) -> KinesisConfig {
+pub(crate) fn local_config(endpoint: &str) -> KinesisConfig {
     let mut config = KinesisConfig::local("us-east-1", endpoint);
     match std::env::var("TRIBUTARY_TEST_DYNAMODB") {
         Ok(dynamodb) if !dynamodb.is_empty() => config.dynamodb_endpoint = Some(dynamodb),
@@ -61,12 +61,12 @@ pub fn local_config(endpoint: &str) -> KinesisConfig {
 }
 
 /// A backend on the emulator.
-pub fn backend(config: KinesisConfig) -> Result<KinesisBackend> {
+pub(crate) fn backend(config: KinesisConfig) -> Result<KinesisBackend> {
     KinesisBackend::with_sdk_config(config, &sdk_config(None))
 }
 
 /// The conformance harness: every scenario on the emulator, with one kind of reader.
-pub struct KinesisHarness {
+pub(crate) struct KinesisHarness {
     /// The emulator, when one is named.
     pub endpoint: Option<String>,
     /// Polling or enhanced fan-out.
@@ -81,7 +81,7 @@ pub struct KinesisHarness {
 
 impl KinesisHarness {
     /// A harness on TRIBUTARY_TEST_KINESIS.
-    pub fn new(
+    pub(crate) fn new(
         reader: ReaderKind,
         headers_envelope: bool,
         leases: LeaseStoreKind,
@@ -143,7 +143,7 @@ impl Harness for KinesisHarness {
 }
 
 /// A Kinesis-style JSON answer, for scripted HTTP layers under the SDK.
-pub fn json_response(
+pub(crate) fn json_response(
     status: u16,
     body: serde_json::Value,
 ) -> aws_smithy_runtime_api::client::orchestrator::HttpResponse {
@@ -159,7 +159,7 @@ pub fn json_response(
 
 /// The operation a request to Kinesis names (`PutRecords`, ...) and its JSON body
 /// (`Null` when it has none), for the scripted layers.
-pub fn operation_of(
+pub(crate) fn operation_of(
     request: &aws_smithy_runtime_api::client::orchestrator::HttpRequest,
 ) -> (String, serde_json::Value) {
     let target = request.headers().get("x-amz-target").unwrap_or_default();

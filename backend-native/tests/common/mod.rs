@@ -5,7 +5,7 @@ use std::path::Path;
 /// Copies a data directory without its lock: how a test reopens the state a crash left
 /// while the engine that wrote it (forgotten, as after kill -9) still holds the lock in
 /// this process.
-pub fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());

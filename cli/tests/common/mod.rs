@@ -10,14 +10,14 @@ use std::time::Duration;
 use tributary::{Client, ConsumerConfig, Received};
 
 /// What one run of `trib` did.
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
 /// Runs `trib ARGS` against `url` with `stdin`, from `dir`.
-pub fn trib(url: &str, args: &[&str], stdin: &str) -> Run {
+pub(crate) fn trib(url: &str, args: &[&str], stdin: &str) -> Run {
     trib_in(
         std::env::temp_dir().as_path(),
         &[("TRIBUTARY_URL", url)],
@@ -28,7 +28,7 @@ pub fn trib(url: &str, args: &[&str], stdin: &str) -> Run {
 
 /// Runs `trib ARGS` in `dir` with extra environment variables (and without the
 /// caller's TRIBUTARY_* ones).
-pub fn trib_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Run {
+pub(crate) fn trib_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Run {
     let mut command = trib_command();
     command
         .args(args)
@@ -64,7 +64,7 @@ pub fn trib_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str], stdin
 
 /// The `trib` binary with the emulators' test credentials (they accept any; nothing
 /// reaches AWS).
-pub fn trib_command() -> Command {
+pub(crate) fn trib_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trib"));
     command
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -74,7 +74,7 @@ pub fn trib_command() -> Command {
 }
 
 /// `trib` that must succeed; its standard output.
-pub fn ok(url: &str, args: &[&str], stdin: &str) -> String {
+pub(crate) fn ok(url: &str, args: &[&str], stdin: &str) -> String {
     let run = trib(url, args, stdin);
     assert_eq!(run.code, 0, "trib {args:?} failed: {}", run.stderr);
     run.stdout
@@ -82,7 +82,7 @@ pub fn ok(url: &str, args: &[&str], stdin: &str) -> String {
 
 /// Reads every record of `stream` with an independent reader, until none arrived for
 /// `quiet`.
-pub async fn read_all(client: &Client, stream: &str, quiet: Duration) -> Vec<Received> {
+pub(crate) async fn read_all(client: &Client, stream: &str, quiet: Duration) -> Vec<Received> {
     let mut consumer = client
         .consumer(ConsumerConfig::broadcast(stream))
         .await
@@ -105,7 +105,7 @@ pub async fn read_all(client: &Client, stream: &str, quiet: Duration) -> Vec<Rec
 
 /// Produce → consume roundtrip, admin commands and error exits against `url`, whose
 /// engine keeps streams between processes. `stream` must not exist yet.
-pub fn roundtrip_and_admin(url: &str, stream: &str, idle: &str) {
+pub(crate) fn roundtrip_and_admin(url: &str, stream: &str, idle: &str) {
     ok(url, &["streams", "create", stream, "--partitions", "2"], "");
     assert!(ok(url, &["streams", "list"], "").lines().any(|l| l == stream));
     let again = trib(url, &["streams", "create", stream], "");

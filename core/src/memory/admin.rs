@@ -15,7 +15,7 @@ pub(super) struct MemoryAdmin {
 }
 
 impl MemoryAdmin {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub(super) fn new(engine: Arc<Engine>) -> Self {
         Self { engine }
     }
 }

@@ -34,7 +34,7 @@ struct Member {
 }
 
 impl MemoryConsumer {
-    pub fn new(engine: Arc<Engine>, config: ConsumerConfig) -> Result<Self> {
+    pub(super) fn new(engine: Arc<Engine>, config: ConsumerConfig) -> Result<Self> {
         validate_stream_name(&config.stream)?;
         if let ConsumerMode::Group(group) = &config.mode {
             validate_group_name(group)?;
@@ -209,7 +209,7 @@ impl Consumer for MemoryConsumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = crate::deadline_after(timeout);
+        let deadline = crate::deadline::deadline_after(timeout);
         // Even an idle member must show it is alive well within the session timeout.
         let heartbeat = self.engine.config.session_timeout / 3;
         let engine = self.engine.clone();

@@ -22,12 +22,10 @@ use crate::capabilities::Capabilities;
 use crate::client::{Admin, Backend, Consumer, ConsumerConfig, Producer, ProducerConfig};
 use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
+use crate::group::MAX_SESSION_TIMEOUT;
 use crate::url::BackendUrl;
 
 use state::Engine;
-
-/// The longest session timeout accepted (one day).
-pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Settings of the memory engine, from `memory://?key=value&...` or a config file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,9 +87,9 @@ impl MemoryConfig {
                 "memory:// max_record_bytes must be at least 1",
             ));
         }
-        if self.session_timeout.is_zero() {
+        if self.session_timeout.is_zero() || self.session_timeout > MAX_SESSION_TIMEOUT {
             return Err(Error::invalid_config(
-                "memory:// session_timeout must be above zero",
+                "memory:// session_timeout must be above zero and at most one day",
             ));
         }
         Ok(())

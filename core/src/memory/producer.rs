@@ -20,7 +20,7 @@ pub(super) struct MemoryProducer {
 }
 
 impl MemoryProducer {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub(super) fn new(engine: Arc<Engine>) -> Self {
         Self {
             engine,
             closed: AtomicBool::new(false),

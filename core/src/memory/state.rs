@@ -24,7 +24,7 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: MemoryConfig) -> Self {
+    pub(super) fn new(config: MemoryConfig) -> Self {
         Self {
             config,
             state: Mutex::new(State::default()),
@@ -33,7 +33,7 @@ impl Engine {
 
     /// The state. A panic while holding the lock cannot leave it half-updated in a way
     /// that matters more than losing the engine, so a poisoned lock is recovered.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -48,19 +48,24 @@ pub(super) struct State {
 }
 
 impl State {
-    pub fn stream(&self, name: &str) -> Result<&StreamState> {
+    pub(super) fn stream(&self, name: &str) -> Result<&StreamState> {
         self.streams
             .get(name)
             .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))
     }
 
-    pub fn stream_mut(&mut self, name: &str) -> Result<&mut StreamState> {
+    pub(super) fn stream_mut(&mut self, name: &str) -> Result<&mut StreamState> {
         self.streams
             .get_mut(name)
             .ok_or_else(|| Error::not_found(format!("stream {name:?} does not exist")))
     }
 
-    pub fn create_stream(&mut self, name: &str, partitions: u32, retention: Option<Duration>) -> Result<()> {
+    pub(super) fn create_stream(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        retention: Option<Duration>,
+    ) -> Result<()> {
         if self.streams.contains_key(name) {
             return Err(Error::new(
                 crate::ErrorKind::AlreadyExists,
@@ -83,7 +88,7 @@ impl State {
         Ok(())
     }
 
-    pub fn delete_stream(&mut self, name: &str) -> Result<()> {
+    pub(super) fn delete_stream(&mut self, name: &str) -> Result<()> {
         let stream = self
             .streams
             .remove(name)
@@ -94,7 +99,7 @@ impl State {
         Ok(())
     }
 
-    pub fn new_member(&mut self) -> MemberId {
+    pub(super) fn new_member(&mut self) -> MemberId {
         self.next_member += 1;
         self.next_member
     }
@@ -114,12 +119,12 @@ pub(super) struct StreamState {
 }
 
 impl StreamState {
-    pub fn add_partitions(&mut self, more: u32) {
+    pub(super) fn add_partitions(&mut self, more: u32) {
         let now = Instant::now();
         self.partitions.extend((0..more).map(|_| PartitionLog::new(now)));
     }
 
-    pub fn partition_count(&self) -> u32 {
+    pub(super) fn partition_count(&self) -> u32 {
         // Bounded by MAX_PARTITIONS at creation and growth.
         u32::try_from(self.partitions.len()).unwrap_or(u32::MAX)
     }
@@ -150,12 +155,12 @@ impl PartitionLog {
     }
 
     /// The offset the next record gets.
-    pub fn high(&self) -> u64 {
+    pub(super) fn high(&self) -> u64 {
         self.records.len() as u64
     }
 
     /// The cursor (next offset to read) that `start` means in this partition.
-    pub fn resolve(&self, start: &StartFrom) -> u64 {
+    pub(super) fn resolve(&self, start: &StartFrom) -> u64 {
         match start {
             StartFrom::Earliest => 0,
             StartFrom::Latest => self.high(),
@@ -169,7 +174,7 @@ impl PartitionLog {
         }
     }
 
-    pub fn get(&self, offset: u64) -> Option<&StoredRecord> {
+    pub(super) fn get(&self, offset: u64) -> Option<&StoredRecord> {
         usize::try_from(offset).ok().and_then(|i| self.records.get(i))
     }
 }
