@@ -7,6 +7,8 @@ use tributary_core::{
     ProducerConfig, Result, StreamSpec, async_trait,
 };
 
+use tributary_core::raw::Named;
+
 use crate::config::Config;
 
 /// A connection to one engine. Cheap to clone; clones share the engine. Several
@@ -18,14 +20,23 @@ pub struct Client {
 
 impl Client {
     /// Connects to the engine `config` describes. Opening a native engine reads its
-    /// data directory (and recovers it after a crash) before this returns.
+    /// data directory (and recovers it after a crash) before this returns. Every error
+    /// of the client's handles names the engine and the operation
+    /// ([`Error::engine`](crate::Error::engine), [`Error::operation`](crate::Error::operation),
+    /// and at the end of its message, such as `(kafka send)`).
     ///
     /// # Errors
     /// `InvalidConfig` for bad settings, or the engine's connection or open error.
     /// Cancel safe.
     pub async fn connect(config: Config) -> Result<Self> {
-        let backend = config.connect().await?;
-        Ok(Self { backend })
+        let engine = config.backend_name();
+        let backend = config
+            .connect()
+            .await
+            .map_err(|e| e.in_operation(engine, "connect"))?;
+        Ok(Self {
+            backend: Arc::new(Named::new(engine, backend)),
+        })
     }
 
     /// Connects to the engine a URL names, such as `memory://?partitions=4`.
@@ -45,7 +56,8 @@ impl Client {
         Self::connect(Config::from_env()?).await
     }
 
-    /// Wraps a backend built by hand (a mock, a layered backend, a custom engine).
+    /// Wraps a backend built by hand (a mock, a layered backend, a custom engine), as
+    /// it is: wrap it in [`raw::Named`](crate::raw::Named) for errors that name it.
     pub fn from_backend(backend: Arc<dyn Backend>) -> Self {
         Self { backend }
     }

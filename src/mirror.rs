@@ -326,5 +326,6 @@ fn with_context(e: Error, side: &str, stream: &str) -> Error {
     let message = format!("mirror {side} stream {stream:?}: {}", e.message());
     Error::new(e.kind(), message)
         .with_retryable(e.is_retryable())
+        .with_context_of(&e)
         .with_source(e)
 }

@@ -15,7 +15,9 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset as KafkaOffset, TopicPartitionList};
-use tributary_core::raw::{AckTracker, validate_group_name, validate_stream_name};
+use tributary_core::raw::{
+    AckTracker, GroupOperation, group_only, validate_group_name, validate_stream_name,
+};
 use tributary_core::{
     Bytes, Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Offset, PartitionId, Received, Result,
     StartFrom, Timestamp, async_trait,
@@ -663,22 +665,14 @@ impl Consumer for KafkaConsumer {
 
     fn ack(&mut self, partition: &PartitionId, offset: &Offset) -> Result<()> {
         self.client()?;
-        if self.group.is_none() {
-            return Err(Error::unsupported(
-                "a broadcast consumer has no group to acknowledge to; use ConsumerConfig::group",
-            ));
-        }
+        group_only(self.group.as_ref(), GroupOperation::Ack)?;
         lock(&self.shared).acks.ack(partition, offset)
     }
 
     async fn commit(&mut self) -> Result<()> {
         self.finish_seek().await?;
         let client = self.client()?.clone();
-        if self.group.is_none() {
-            return Err(Error::unsupported(
-                "a broadcast consumer has no group to commit to; use ConsumerConfig::group",
-            ));
-        }
+        group_only(self.group.as_ref(), GroupOperation::Commit)?;
         let committable: Vec<(i32, Offset)> = lock(&self.shared)
             .acks
             .all_committable()

@@ -13,7 +13,7 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 type Client = FutureProducer<WatchedContext>;
-use tributary_core::raw::validate_stream_name;
+use tributary_core::raw::{SendTally, validate_stream_name};
 use tributary_core::{
     Delivery, Error, ErrorKind, Offset, PartitionId, Producer, Record, Result, SendError, Timestamp,
     async_trait,
@@ -340,39 +340,22 @@ impl Producer for KafkaProducer {
             }
         }
         keep_key_suffixes(&records, &mut outcomes);
-        let mut deliveries = Vec::with_capacity(records.len());
-        let mut failures: Vec<Error> = Vec::new();
-        let mut unsent = Vec::new();
-        let mut delivered = Vec::new();
-        for (index, (record, outcome)) in records.into_iter().zip(outcomes).enumerate() {
+        let mut tally = SendTally::new(records.len());
+        for (index, outcome) in outcomes.into_iter().enumerate() {
             match outcome {
-                Some(Outcome::Delivered(d)) => {
-                    delivered.push((index, d.clone()));
-                    deliveries.push(d);
-                }
-                Some(Outcome::Failed(e)) => {
-                    failures.push(e);
-                    unsent.push(record);
-                }
-                None => unsent.push(record),
+                Some(Outcome::Delivered(d)) => tally.delivered(index, d),
+                Some(Outcome::Failed(e)) => tally.failed(e),
+                None => {}
             }
         }
         // Records never queued after the refusal: refused with it, after what was queued.
         if let Some((_, e)) = enqueue_error {
-            failures.push(e);
+            tally.failed(e);
         }
+        tally.give_back(records);
         self.recover_if_fatal(&producer);
         drop_off_runtime(producer);
-        match SendError::cause_of(failures) {
-            None if unsent.is_empty() => Ok(deliveries),
-            cause => Err(SendError {
-                error: cause.unwrap_or_else(|| {
-                    Error::new(ErrorKind::Backend, "kafka: records were neither sent nor refused")
-                }),
-                delivered,
-                unsent,
-            }),
-        }
+        tally.finish()
     }
 
     async fn flush(&self) -> Result<()> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
-use tributary_core::raw::AckTracker;
+use tributary_core::raw::{AckTracker, GroupOperation, group_only};
 use tributary_core::{
     Consumer, ConsumerConfig, ConsumerMode, Error, ErrorKind, Offset, PartitionId, Received, Result,
     StartFrom, async_trait,
@@ -452,11 +452,7 @@ impl KinesisConsumer {
     /// Commits the acknowledged prefix of every shard this member reads.
     async fn commit_group(&mut self) -> Result<()> {
         self.drop_lapsed();
-        let Some(group) = &self.group else {
-            return Err(Error::unsupported(
-                "a broadcast consumer has no group to commit to",
-            ));
-        };
+        let group = group_only(self.group.as_ref(), GroupOperation::Commit)?;
         let work: Vec<(PartitionId, u64, Offset)> = group
             .acks
             .all_committable()
@@ -662,11 +658,7 @@ impl Consumer for KinesisConsumer {
         if self.closed {
             return Err(Error::closed("consumer"));
         }
-        let Some(group) = &mut self.group else {
-            return Err(Error::unsupported(
-                "a broadcast consumer has no group to acknowledge to",
-            ));
-        };
+        let group = group_only(self.group.as_mut(), GroupOperation::Ack)?;
         if !group.reading.contains_key(partition) {
             return Err(Error::new(
                 ErrorKind::NotAssigned,

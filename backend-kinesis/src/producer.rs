@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bytes::Bytes;
 use tokio::time::Instant;
+use tributary_core::raw::{SendTally, backoff};
 use tributary_core::{
     Delivery, Error, ErrorKind, PartitionId, Producer, Record, Result, SendError, async_trait,
 };
@@ -353,7 +353,7 @@ impl KinesisProducer {
                 }
             };
             attempt = attempt.saturating_add(1);
-            let pause = backoff(config.retry_base, config.retry_max, attempt);
+            let pause = backoff(config.retry_base, config.retry_max, attempt - 1);
             let now = Instant::now();
             if now + pause >= deadline {
                 outcome.failure = Some(Error::new(
@@ -403,20 +403,6 @@ fn remove_positions(pending: &mut VecDeque<Entry>, positions: &[usize]) {
     }
 }
 
-/// Exponential backoff with full jitter: a random delay up to `base · 2^(attempt-1)`,
-/// capped at `max`.
-fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let ceiling = base
-        .checked_mul(
-            1u32.checked_shl(attempt.saturating_sub(1).min(30))
-                .unwrap_or(u32::MAX),
-        )
-        .unwrap_or(max)
-        .min(max);
-    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(fastrand::u64(..=nanos))
-}
-
 #[async_trait]
 impl Producer for KinesisProducer {
     async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
@@ -445,48 +431,23 @@ impl Producer for KinesisProducer {
                 .map(|entries| self.send_shard(stream, entries, deadline)),
         )
         .await;
-        let mut delivered: Vec<(usize, Delivery)> = Vec::with_capacity(records.len());
-        let mut failure: Option<Error> = None;
-        let mut maybe_persisted = HashSet::new();
+        let mut tally = SendTally::new(records.len());
         for outcome in outcomes {
-            delivered.extend(outcome.delivered);
-            maybe_persisted.extend(outcome.maybe_persisted);
+            for (index, delivery) in outcome.delivered {
+                tally.delivered(index, delivery);
+            }
+            for index in outcome.maybe_persisted {
+                tally.maybe_written(index);
+            }
             if outcome.stale_map {
                 self.lock_maps().remove(stream);
             }
-            if failure.is_none() {
-                failure = outcome.failure;
+            if let Some(error) = outcome.failure {
+                tally.failed(error);
             }
         }
-        delivered.sort_by_key(|(i, _)| *i);
-        let Some(error) = failure else {
-            return Ok(delivered.into_iter().map(|(_, d)| d).collect());
-        };
-        let done: HashSet<usize> = delivered.iter().map(|(i, _)| *i).collect();
-        let unsent: Vec<Record> = records
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !done.contains(i))
-            .map(|(_, r)| r)
-            .collect();
-        let ambiguous = maybe_persisted.iter().any(|i| !done.contains(i));
-        let error = if ambiguous {
-            Error::new(
-                ErrorKind::Indeterminate,
-                format!(
-                    "some records may or may not have been written to {stream}: {}",
-                    error.message()
-                ),
-            )
-            .with_source(error)
-        } else {
-            error
-        };
-        Err(SendError {
-            error,
-            delivered,
-            unsent,
-        })
+        tally.give_back(records);
+        tally.finish()
     }
 
     async fn flush(&self) -> Result<()> {
@@ -536,18 +497,5 @@ mod tests {
         assert_eq!(choose(&many, true).len(), MAX_ENTRIES_PER_CALL);
         let big: VecDeque<Entry> = (0..10).map(|i| entry(i, &format!("k{i}"), 1024 * 1024)).collect();
         assert_eq!(choose(&big, true).len(), 5);
-    }
-
-    #[test]
-    fn backoff_is_jittered_and_capped() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for attempt in 1..40 {
-            let pause = backoff(base, max, attempt);
-            let ceiling = (base * 2u32.pow(attempt.min(10) - 1)).min(max);
-            assert!(pause <= ceiling, "attempt {attempt}: {pause:?} > {ceiling:?}");
-        }
-        let pauses: HashSet<Duration> = (0..20).map(|_| backoff(base, max, 5)).collect();
-        assert!(pauses.len() > 10, "jitter spreads the delays");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::types::{ChildShard, Record as KinesisRecord};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tributary_core::raw::backoff_ceiling;
 use tributary_core::{Error, Headers, Offset, PartitionId, Received, Timestamp};
 
 use crate::keeper::Holdings;
@@ -248,11 +249,7 @@ impl ReaderContext {
     /// with jitter, at least `floor`.
     pub(crate) async fn pause(&self, failures: u32, error: &Error, floor: Duration) {
         let config = &self.shared.config;
-        let ceiling = config
-            .retry_base
-            .saturating_mul(1 << failures.min(16))
-            .min(config.retry_max)
-            .max(floor);
+        let ceiling = backoff_ceiling(config.retry_base, config.retry_max, failures).max(floor);
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         let pause = Duration::from_nanos(fastrand::u64(nanos / 2..=nanos));
         tracing::debug!(stream = %self.stream, shard = %self.shard, ?pause, "retrying after: {error}");

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tributary_core::raw::group::{Cursors, MemberId};
-use tributary_core::raw::{partition_for_key, validate_group_name, validate_stream_name};
+use tributary_core::raw::{
+    GroupOperation, SendTally, group_only, route_batch, validate_group_name, validate_stream_name,
+};
 use tributary_core::{
     Admin, Consumer, ConsumerConfig, ConsumerMode, Delivery, Error, ErrorKind, Offset, PartitionId,
     PartitionInfo, PartitionState, Producer, Received, Record, Result, SendError, StartFrom, StreamInfo,
@@ -26,44 +28,26 @@ impl NativeProducer {
     /// changes nothing).
     fn route(&self, stream: &StreamHandle, records: &[Record]) -> Result<Vec<u32>> {
         let partitions = stream.partition_count();
-        let max = self.engine.config.max_record_bytes;
         let unkeyed = stream.next_unkeyed.load(Ordering::Relaxed) % partitions;
-        let mut routes = Vec::with_capacity(records.len());
+        let routes = route_batch(records, partitions, unkeyed, self.engine.config.max_record_bytes)?;
+        // Headers cost more framed than counted (names, lengths): a record within
+        // max_record_bytes can still exceed what one batch may hold.
+        let limit = self.engine.max_batch_body();
         for (i, record) in records.iter().enumerate() {
-            let size = record.encoded_len();
-            if size > max {
-                return Err(Error::invalid_input(format!(
-                    "record {i} of the batch is {size} bytes (key + value + headers), above the limit of {max}"
-                )));
-            }
             let framed = crate::codec::encoded_record_len(record);
-            if framed > self.engine.max_batch_body() {
+            if framed > limit {
                 return Err(Error::invalid_input(format!(
-                    "record {i} of the batch takes {framed} bytes once framed ({} headers), above the engine's limit of {}",
+                    "record {i} of the batch takes {framed} bytes once framed ({} headers), above the engine's limit of {limit}",
                     record.headers.len(),
-                    self.engine.max_batch_body()
                 )));
             }
-            routes.push(match (&record.partition, &record.key) {
-                (Some(p), _) => match p.index().filter(|p| *p < partitions) {
-                    Some(p) => p,
-                    None => {
-                        return Err(Error::invalid_input(format!(
-                            "record {i} targets partition {p}, but the stream has partitions 0 to {}",
-                            partitions - 1
-                        )));
-                    }
-                },
-                (None, Some(key)) => partition_for_key(key, partitions),
-                (None, None) => unkeyed,
-            });
         }
-        if records.iter().any(|r| r.key.is_none() && r.partition.is_none()) {
+        if routes.used_unkeyed {
             stream
                 .next_unkeyed
                 .store((unkeyed + 1) % partitions, Ordering::Relaxed);
         }
-        Ok(routes)
+        Ok(routes.partitions)
     }
 }
 
@@ -78,6 +62,7 @@ async fn sync_written(log: Arc<PartitionLog>, end: u64) -> Result<()> {
             ErrorKind::Indeterminate,
             format!("written but not made durable: {e}"),
         )
+        .with_source(e)
     })
 }
 
@@ -150,25 +135,27 @@ impl Producer for NativeProducer {
                 entry.1.push(r);
             }
         }
-        let mut deliveries: Vec<Option<Delivery>> = vec![None; routes.len()];
-        // Failures in the order they happened, and the records they left unconfirmed.
-        let mut failures: Vec<Error> = Vec::new();
-        let mut unsent: Vec<(usize, Record)> = Vec::new();
+        let mut tally = SendTally::new(routes.len());
         let mut to_sync: Vec<(Arc<PartitionLog>, u64, Vec<usize>, Vec<Record>)> = Vec::new();
         for (p, (indexes, recs)) in by_partition {
             let Some(log) = handle.log(p) else {
-                failures.push(Error::new(ErrorKind::Backend, format!("partition {p} vanished")));
-                unsent.extend(indexes.into_iter().zip(recs));
+                tally.failed(Error::new(ErrorKind::Backend, format!("partition {p} vanished")));
+                for (i, r) in indexes.into_iter().zip(recs) {
+                    tally.unconfirmed(i, r);
+                }
                 continue;
             };
             match log.append(&recs, now) {
                 Ok(base) => {
                     for (k, (&i, r)) in indexes.iter().zip(&recs).enumerate() {
-                        deliveries[i] = Some(Delivery {
-                            partition: PartitionId::from_index(p),
-                            offset: Offset::new(base + k as u64),
-                            timestamp: Some(r.timestamp.unwrap_or(now)),
-                        });
+                        tally.delivered(
+                            i,
+                            Delivery {
+                                partition: PartitionId::from_index(p),
+                                offset: Offset::new(base + k as u64),
+                                timestamp: Some(r.timestamp.unwrap_or(now)),
+                            },
+                        );
                     }
                     if self.engine.config.durability == Durability::Sync {
                         let end = base + recs.len() as u64;
@@ -176,39 +163,27 @@ impl Producer for NativeProducer {
                     }
                 }
                 Err(e) => {
-                    failures.push(e);
-                    unsent.extend(indexes.into_iter().zip(recs));
+                    tally.failed(e);
+                    for (i, r) in indexes.into_iter().zip(recs) {
+                        tally.unconfirmed(i, r);
+                    }
                 }
             }
         }
         handle.notify.notify_waiters();
         for (log, end, indexes, recs) in to_sync {
             if let Err(e) = sync_written(log, end).await {
-                for &i in &indexes {
-                    deliveries[i] = None;
+                tally.failed(e);
+                for (i, r) in indexes.into_iter().zip(recs) {
+                    tally.unconfirmed(i, r);
+                    tally.maybe_written(i);
                 }
-                failures.push(e);
-                unsent.extend(indexes.into_iter().zip(recs));
             }
         }
         if self.engine.config.durability == Durability::Sync {
             handle.notify.notify_waiters();
         }
-        match SendError::cause_of(failures) {
-            None => Ok(deliveries.into_iter().flatten().collect()),
-            Some(error) => {
-                unsent.sort_by_key(|(i, _)| *i);
-                Err(SendError {
-                    error,
-                    delivered: deliveries
-                        .into_iter()
-                        .enumerate()
-                        .filter_map(|(i, d)| d.map(|d| (i, d)))
-                        .collect(),
-                    unsent: unsent.into_iter().map(|(_, r)| r).collect(),
-                })
-            }
-        }
+        tally.finish()
     }
 
     async fn flush(&self) -> Result<()> {
@@ -452,11 +427,7 @@ impl NativeConsumer {
     }
 
     fn commit_acked(&mut self) -> Result<()> {
-        let Some((group, id)) = &self.member else {
-            return Err(Error::unsupported(
-                "a broadcast consumer has no group to commit to; use ConsumerMode::Group",
-            ));
-        };
+        let (group, id) = group_only(self.member.as_ref(), GroupOperation::Commit)?;
         let mut groups = self.engine.groups();
         let made = groups
             .state(group, &self.stream.name)
@@ -518,11 +489,7 @@ impl Consumer for NativeConsumer {
         if self.closed {
             return Err(Error::closed("consumer"));
         }
-        if self.member.is_none() {
-            return Err(Error::unsupported(
-                "a broadcast consumer has no group to acknowledge to; use ConsumerMode::Group",
-            ));
-        }
+        group_only(self.member.as_ref(), GroupOperation::Ack)?;
         self.cursors.acks.ack(partition, offset)
     }
 

@@ -84,6 +84,14 @@ pub struct Error {
     message: String,
     retryable: Option<bool>,
     source: Option<BoxError>,
+    context: Option<Box<Context>>,
+}
+
+/// Where an error arose; boxed so that errors stay small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Context {
+    engine: &'static str,
+    operation: &'static str,
 }
 
 impl Error {
@@ -94,6 +102,7 @@ impl Error {
             message: message.into(),
             retryable: None,
             source: None,
+            context: None,
         }
     }
 
@@ -107,6 +116,37 @@ impl Error {
     pub fn with_retryable(mut self, retryable: bool) -> Self {
         self.retryable = Some(retryable);
         self
+    }
+
+    /// Names the engine (its URL scheme, such as `"kafka"`) and the operation (such as
+    /// `"send"` or `"commit"`) the error arose in, unless it already names them: the
+    /// innermost naming wins. `tributary::Client::connect` names every error of the
+    /// handles it gives out, so that an application with several engines can tell
+    /// which one failed.
+    pub fn in_operation(mut self, engine: &'static str, operation: &'static str) -> Self {
+        if self.context.is_none() {
+            self.context = Some(Box::new(Context { engine, operation }));
+        }
+        self
+    }
+
+    /// Names the same engine and operation as `other` does, if it does: for an error
+    /// made from another, which it then usually keeps as its source.
+    pub fn with_context_of(mut self, other: &Error) -> Self {
+        if self.context.is_none() {
+            self.context = other.context.clone();
+        }
+        self
+    }
+
+    /// The engine the error arose in, when named (see [`Error::in_operation`]).
+    pub fn engine(&self) -> Option<&'static str> {
+        self.context.as_ref().map(|c| c.engine)
+    }
+
+    /// The operation the error arose in, when named (see [`Error::in_operation`]).
+    pub fn operation(&self) -> Option<&'static str> {
+        self.context.as_ref().map(|c| c.operation)
     }
 
     /// The cause.
@@ -152,7 +192,11 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)
+        write!(f, "{}: {}", self.kind, self.message)?;
+        if let Some(context) = &self.context {
+            write!(f, " ({} {})", context.engine, context.operation)?;
+        }
+        Ok(())
     }
 }
 
@@ -162,6 +206,10 @@ impl fmt::Debug for Error {
         s.field("kind", &self.kind).field("message", &self.message);
         if let Some(retryable) = self.retryable {
             s.field("retryable", &retryable);
+        }
+        if let Some(context) = &self.context {
+            s.field("engine", &context.engine)
+                .field("operation", &context.operation);
         }
         if let Some(source) = &self.source {
             s.field("source", source);
@@ -218,5 +266,20 @@ mod tests {
         assert_eq!(e.to_string(), "i/o error: writing segment");
         let source = std::error::Error::source(&e).map(|s| s.to_string());
         assert_eq!(source.as_deref(), Some("disk on fire"));
+    }
+
+    #[test]
+    fn the_innermost_engine_and_operation_are_named_after_the_message() {
+        let e = Error::new(ErrorKind::NotFound, "stream orders does not exist");
+        assert_eq!((e.engine(), e.operation()), (None, None));
+        let e = e.in_operation("kafka", "send").in_operation("memory", "poll");
+        assert_eq!((e.engine(), e.operation()), (Some("kafka"), Some("send")));
+        assert_eq!(
+            e.to_string(),
+            "not found: stream orders does not exist (kafka send)"
+        );
+        assert_eq!(e.message(), "stream orders does not exist");
+        let copied = Error::new(ErrorKind::Timeout, "later").with_context_of(&e);
+        assert_eq!(copied.engine(), Some("kafka"));
     }
 }

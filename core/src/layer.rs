@@ -88,12 +88,7 @@ impl RetryPolicy {
     /// The backoff before retry number `retry` (0 for the first retry): exponential
     /// with full jitter, uniformly random in `[0, min(max, initial · 2^retry)]`.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .initial_backoff
-            .saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
-            .min(self.max_backoff);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(fastrand::u64(0..=nanos))
+        crate::backoff::backoff(self.initial_backoff, self.max_backoff, retry)
     }
 }
 
@@ -178,6 +173,7 @@ impl Producer for RetryProducer {
                         || attempt >= self.policy.max_attempts.max(1)
                         || unsent.is_empty()
                     {
+                        let error = gave_up(error, attempt);
                         let delivered = results
                             .into_iter()
                             .enumerate()
@@ -211,11 +207,27 @@ struct RetryConsumer {
     policy: RetryPolicy,
 }
 
-/// Sleeps before the next attempt, or hands `error` back when it is final.
+/// The error to report once retrying stops after `attempts` attempts: `error` itself
+/// when it was not retryable, else the same kind, saying the attempts ran out, and no
+/// longer retryable, so that an outer retry loop does not multiply the attempts.
+fn gave_up(error: Error, attempts: u32) -> Error {
+    if !error.is_retryable() {
+        return error;
+    }
+    Error::new(
+        error.kind(),
+        format!("gave up after {attempts} attempt(s): {}", error.message()),
+    )
+    .with_retryable(false)
+    .with_context_of(&error)
+    .with_source(error)
+}
+
+/// Sleeps before the next attempt, or hands back the error to report when it is final.
 async fn backoff_or_fail(policy: RetryPolicy, attempt: &mut u32, error: Error) -> Result<()> {
     *attempt += 1;
     if !error.is_retryable() || *attempt >= policy.max_attempts.max(1) {
-        return Err(error);
+        return Err(gave_up(error, *attempt));
     }
     tokio::time::sleep(policy.backoff(*attempt - 1)).await;
     Ok(())
@@ -374,8 +386,88 @@ mod tests {
         let (producer, scripted) = layered(vec![(vec![], ErrorKind::Throttled); 10]);
         let err = producer.send("s", batch(&["a"])).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Throttled);
+        assert!(
+            !err.is_retryable(),
+            "the layer gave up: retrying again is the caller's call"
+        );
+        assert!(
+            err.error
+                .message()
+                .starts_with("gave up after 4 attempt(s): scripted"),
+            "{err}"
+        );
         assert_eq!(err.unsent.len(), 1);
         assert_eq!(scripted.seen.lock().unwrap().len(), 4);
+    }
+
+    /// A consumer whose polls and commits always fail with `kind`, counting calls.
+    #[derive(Default)]
+    struct Failing {
+        kind: Option<ErrorKind>,
+        calls: u32,
+    }
+
+    #[async_trait]
+    impl Consumer for Failing {
+        async fn poll(&mut self, _: usize, _: Duration) -> Result<Vec<Received>> {
+            self.calls += 1;
+            Err(Error::new(
+                self.kind.unwrap_or(ErrorKind::Unavailable),
+                "broker away",
+            ))
+        }
+        fn ack(&mut self, _: &PartitionId, _: &Offset) -> Result<()> {
+            Ok(())
+        }
+        async fn commit(&mut self) -> Result<()> {
+            self.calls += 1;
+            Err(Error::new(
+                self.kind.unwrap_or(ErrorKind::Unavailable),
+                "broker away",
+            ))
+        }
+        async fn seek(&mut self, _: &PartitionId, _: StartFrom) -> Result<()> {
+            Ok(())
+        }
+        fn assignment(&self) -> Vec<PartitionId> {
+            Vec::new()
+        }
+        async fn close(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consumer_gives_up_with_an_error_marked_final_and_passes_others_through() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        };
+        let mut consumer = RetryConsumer {
+            inner: Box::new(Failing::default()),
+            policy,
+        };
+        let err = consumer.poll(10, Duration::from_millis(1)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(!err.is_retryable());
+        assert_eq!(err.message(), "gave up after 3 attempt(s): broker away");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the last failure is kept as the source"
+        );
+        let err = consumer.commit().await.unwrap_err();
+        assert!(!err.is_retryable());
+
+        let mut refused = RetryConsumer {
+            inner: Box::new(Failing {
+                kind: Some(ErrorKind::NotAssigned),
+                calls: 0,
+            }),
+            policy,
+        };
+        let err = refused.commit().await.unwrap_err();
+        assert_eq!(err.message(), "broker away", "a final error comes back as it was");
     }
 
     #[test]

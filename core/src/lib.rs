@@ -1,8 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 mod ack;
+mod backoff;
+mod broadcast;
 mod capabilities;
 mod client;
+mod context;
 mod deadline;
 mod engine;
 mod error;
@@ -13,6 +16,7 @@ mod layer;
 mod memory;
 mod partitioner;
 mod record;
+mod routing;
 mod send;
 mod stream;
 mod url;
@@ -38,7 +42,10 @@ pub use stream::{KeyRange, MAX_STREAM_NAME_LEN, PartitionInfo, PartitionState, S
 /// engine applies.
 pub mod raw {
     pub use crate::ack::AckTracker;
+    pub use crate::backoff::{backoff, backoff_ceiling};
+    pub use crate::broadcast::{GroupOperation, group_only};
     pub use crate::client::validate_group_name;
+    pub use crate::context::Named;
     pub use crate::deadline::deadline_after;
     pub use crate::engine::EngineConfig;
     /// Consumer groups coordinated inside one process, for engines without a broker to
@@ -47,6 +54,8 @@ pub mod raw {
         pub use crate::group::*;
     }
     pub use crate::partitioner::{murmur2, partition_for_key};
+    pub use crate::routing::{Routes, route_batch};
+    pub use crate::send::SendTally;
     pub use crate::stream::validate_stream_name;
     pub use crate::url::{BackendUrl, describe_config_error, query_config, redact_query};
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::state::{Engine, State, StreamState};
+use crate::broadcast::{GroupOperation, group_only};
 use crate::client::{Consumer, ConsumerConfig, ConsumerMode, validate_group_name};
 use crate::error::{Error, Result};
 use crate::group::{Cursors, MemberId};
@@ -179,11 +180,7 @@ impl MemoryConsumer {
     }
 
     fn commit_acked(&mut self, state: &mut State) -> Result<()> {
-        let Some(member) = &self.member else {
-            return Err(Error::unsupported(
-                "a broadcast consumer has no group to commit to; use ConsumerMode::Group",
-            ));
-        };
+        let member = group_only(self.member.as_ref(), GroupOperation::Commit)?;
         self.stream(state)?;
         let group = state.groups.entry(member.key.clone()).or_default();
         group.commit_acked(member.id, &mut self.cursors).map(drop)
@@ -240,11 +237,7 @@ impl Consumer for MemoryConsumer {
 
     fn ack(&mut self, partition: &PartitionId, offset: &Offset) -> Result<()> {
         self.check_open()?;
-        if self.member.is_none() {
-            return Err(Error::unsupported(
-                "a broadcast consumer has no group to acknowledge to; use ConsumerMode::Group",
-            ));
-        }
+        group_only(self.member.as_ref(), GroupOperation::Ack)?;
         self.cursors.acks.ack(partition, offset)
     }
 

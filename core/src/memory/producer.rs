@@ -9,8 +9,8 @@ use super::state::{Engine, StoredRecord};
 use crate::client::Producer;
 use crate::error::{Error, Result};
 use crate::id::{Offset, PartitionId, Timestamp};
-use crate::partitioner::partition_for_key;
 use crate::record::{Delivery, Record};
+use crate::routing::route_batch;
 use crate::send::SendError;
 use crate::stream::validate_stream_name;
 
@@ -25,28 +25,6 @@ impl MemoryProducer {
             engine,
             closed: AtomicBool::new(false),
         }
-    }
-
-    /// Checks every record before anything is appended, so a bad batch changes nothing.
-    fn check(&self, records: &[Record], partitions: u32) -> Result<()> {
-        let max = self.engine.config.max_record_bytes;
-        for (i, record) in records.iter().enumerate() {
-            let size = record.encoded_len();
-            if size > max {
-                return Err(Error::invalid_input(format!(
-                    "record {i} of the batch is {size} bytes (key + value + headers), above the limit of {max}"
-                )));
-            }
-            if let Some(p) = &record.partition
-                && p.index().is_none_or(|p| p >= partitions)
-            {
-                return Err(Error::invalid_input(format!(
-                    "record {i} targets partition {p}, but the stream has partitions 0 to {}",
-                    partitions.saturating_sub(1)
-                )));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -65,23 +43,19 @@ impl Producer for MemoryProducer {
             Err(e) => return Err(SendError::nothing_sent(e, records)),
         };
         let partitions = log.partition_count();
-        if let Err(e) = self.check(&records, partitions) {
-            return Err(SendError::nothing_sent(e, records));
-        }
         // Unkeyed records of one batch stay together (like Kafka's sticky partitioner);
         // successive batches rotate.
         let unkeyed = log.next_unkeyed % partitions;
-        if records.iter().any(|r| r.key.is_none() && r.partition.is_none()) {
+        let routes = match route_batch(&records, partitions, unkeyed, self.engine.config.max_record_bytes) {
+            Ok(routes) => routes,
+            Err(e) => return Err(SendError::nothing_sent(e, records)),
+        };
+        if routes.used_unkeyed {
             log.next_unkeyed = (unkeyed + 1) % partitions;
         }
         let now = Timestamp::now();
         let mut deliveries = Vec::with_capacity(records.len());
-        for record in records {
-            let p = match (&record.partition, &record.key) {
-                (Some(p), _) => p.index().unwrap_or(0),
-                (None, Some(key)) => partition_for_key(key, partitions),
-                (None, None) => unkeyed,
-            };
+        for (record, p) in records.into_iter().zip(routes.partitions) {
             let partition = &mut log.partitions[p as usize];
             let offset = partition.high();
             let timestamp = record.timestamp.unwrap_or(now);
