@@ -293,7 +293,7 @@ fn resolve(log: &PartitionLog, start: &StartFrom) -> Result<u64> {
 }
 
 impl NativeConsumer {
-    pub(crate) fn new(engine: Arc<Engine>, config: ConsumerConfig) -> Result<Self> {
+    pub(crate) async fn new(engine: Arc<Engine>, config: ConsumerConfig) -> Result<Self> {
         let stream = engine.stream(&config.stream)?;
         let member = match config.mode {
             ConsumerMode::Broadcast => None,
@@ -301,7 +301,9 @@ impl NativeConsumer {
                 validate_group_name(&group)?;
                 let mut groups = engine.groups();
                 let id = groups.new_member();
-                groups.state(&group, &stream.name).join(id, Instant::now());
+                groups
+                    .state(&group, &stream.name, &engine.offsets)
+                    .join(id, Instant::now());
                 Some((group, id))
             }
         };
@@ -316,7 +318,7 @@ impl NativeConsumer {
             closed: false,
             scratch: bytes::BytesMut::new(),
         };
-        consumer.sync()?;
+        consumer.sync().await?;
         consumer.stream.notify.notify_waiters();
         Ok(consumer)
     }
@@ -338,44 +340,53 @@ impl NativeConsumer {
     /// Brings the assignment up to date (see `tributary_core::raw::group::GroupState::sync`),
     /// persisting every commit it makes; a broadcast reader just adds partitions
     /// created since it last looked.
-    fn sync(&mut self) -> Result<Option<Instant>> {
+    async fn sync(&mut self) -> Result<Option<Instant>> {
         let stream = self.stream.clone();
-        let parts = stream.partitions();
-        let partitions = u32::try_from(parts.len()).unwrap_or(u32::MAX);
-        // Resolved only for partitions being taken. Partitions created after this
-        // consumer started are read from their start: every record in them is new to it.
-        let (created, start) = (self.created, &self.start);
-        let initial = |p: u32| {
-            let part = &parts[p as usize];
-            if part.created > created {
-                Ok(part.log.low())
-            } else {
-                resolve(&part.log, start)
-            }
-        };
-        let Some((group, id)) = &self.member else {
-            for p in 0..partitions {
+        let Some((group, id)) = self.member.clone() else {
+            let parts = stream.partitions();
+            let created = self.created;
+            for (p, part) in (0u32..).zip(parts.iter()) {
                 if let std::collections::btree_map::Entry::Vacant(slot) = self.cursors.positions.entry(p) {
-                    slot.insert(initial(p)?);
+                    // Partitions created after this consumer started are read from their
+                    // start: every record in them is new to it.
+                    slot.insert(if part.created > created {
+                        part.log.low()
+                    } else {
+                        resolve(&part.log, &self.start)?
+                    });
                 }
             }
             return Ok(None);
         };
-        let mut groups = self.engine.groups();
-        let outcome = groups.state(group, &stream.name).sync(
-            *id,
-            &mut self.cursors,
-            partitions,
-            initial,
-            Instant::now(),
-            self.engine.config.session_timeout,
-        );
-        let persisted = groups.offsets.commit(group, &stream.name, &outcome.committed);
-        drop(groups);
+        let outcome = {
+            let parts = stream.partitions();
+            let partitions = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+            // Resolved only for partitions being taken (see the broadcast case above).
+            let (created, start) = (self.created, &self.start);
+            let initial = |p: u32| {
+                let part = &parts[p as usize];
+                if part.created > created {
+                    Ok(part.log.low())
+                } else {
+                    resolve(&part.log, start)
+                }
+            };
+            let mut groups = self.engine.groups();
+            groups.state(&group, &stream.name, &self.engine.offsets).sync(
+                id,
+                &mut self.cursors,
+                partitions,
+                initial,
+                Instant::now(),
+                self.engine.config.session_timeout,
+            )
+        };
         if outcome.changed {
             stream.notify.notify_waiters();
         }
-        persisted?;
+        self.engine
+            .persist_commits(&group, &stream, outcome.committed)
+            .await?;
         match outcome.error {
             Some(e) => Err(e),
             None => Ok(outcome.look_again),
@@ -410,7 +421,7 @@ impl NativeConsumer {
             let partition = PartitionId::from_index(p);
             for r in records {
                 if self.member.is_some() {
-                    self.cursors.delivered(p, r.offset);
+                    self.cursors.delivered(&partition, r.offset);
                 }
                 out.push(Received {
                     stream: self.stream.name.clone(),
@@ -426,17 +437,18 @@ impl NativeConsumer {
         Ok(out)
     }
 
-    fn commit_acked(&mut self) -> Result<()> {
-        let (group, id) = group_only(self.member.as_ref(), GroupOperation::Commit)?;
-        let mut groups = self.engine.groups();
-        let made = groups
-            .state(group, &self.stream.name)
-            .commit_acked(*id, &mut self.cursors);
+    async fn commit_acked(&mut self) -> Result<()> {
+        let (group, id) = group_only(self.member.clone(), GroupOperation::Commit)?;
+        let made = self
+            .engine
+            .groups()
+            .state(&group, &self.stream.name, &self.engine.offsets)
+            .commit_acked(id, &mut self.cursors);
         let commits = match &made {
             Ok(c) => c.clone(),
             Err(_) => Vec::new(),
         };
-        groups.offsets.commit(group, &self.stream.name, &commits)?;
+        self.engine.persist_commits(&group, &self.stream, commits).await?;
         made.map(drop)
     }
 
@@ -472,7 +484,7 @@ impl Consumer for NativeConsumer {
             // Registered before looking, so an append in between still wakes us.
             notified.as_mut().enable();
             self.check_live()?;
-            let look_again = self.sync()?;
+            let look_again = self.sync().await?;
             let records = self.read(max)?;
             if !records.is_empty() {
                 return Ok(records);
@@ -495,7 +507,7 @@ impl Consumer for NativeConsumer {
 
     async fn commit(&mut self) -> Result<()> {
         self.check_live()?;
-        self.commit_acked()
+        self.commit_acked().await
     }
 
     async fn seek(&mut self, partition: &PartitionId, to: StartFrom) -> Result<()> {
@@ -519,7 +531,7 @@ impl Consumer for NativeConsumer {
         }
         self.closed = true;
         let committed = if self.member.is_some() && self.engine.check_open().is_ok() {
-            self.commit_acked()
+            self.commit_acked().await
         } else {
             Ok(())
         };

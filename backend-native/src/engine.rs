@@ -22,6 +22,7 @@ use tributary_core::raw::group::{GroupState, MemberId};
 use tributary_core::raw::validate_stream_name;
 use tributary_core::{Error, ErrorKind, Result, Timestamp};
 
+use crate::blocking::blocking;
 use crate::config::{Durability, NativeConfig};
 use crate::log::{LogConfig, PartitionLog, RecoveryReport};
 use crate::offsets::OffsetStore;
@@ -100,6 +101,9 @@ pub(crate) struct StreamHandle {
     pub notify: Notify,
     pub next_unkeyed: AtomicU32,
     pub retention: Option<Duration>,
+    /// Set by the delete, before it drops the stream's commits (see
+    /// [`Engine::persist_commits`]).
+    deleted: AtomicBool,
 }
 
 impl StreamHandle {
@@ -126,7 +130,6 @@ impl StreamHandle {
 #[derive(Debug)]
 pub(crate) struct Groups {
     pub states: HashMap<(String, String), GroupState>,
-    pub offsets: OffsetStore,
     next_member: MemberId,
 }
 
@@ -136,12 +139,18 @@ impl Groups {
         self.next_member
     }
 
-    /// The state of `group` on `stream`, loaded from the persisted commits on first use.
-    pub(crate) fn state(&mut self, group: &str, stream: &str) -> &mut GroupState {
-        let offsets = &self.offsets;
+    /// The state of `group` on `stream`, loaded from the persisted commits on first use
+    /// (the offsets lock is taken inside the groups lock, never the other way round).
+    pub(crate) fn state(
+        &mut self,
+        group: &str,
+        stream: &str,
+        offsets: &Mutex<OffsetStore>,
+    ) -> &mut GroupState {
         self.states
             .entry((group.to_owned(), stream.to_owned()))
             .or_insert_with(|| {
+                let offsets = offsets.lock().unwrap_or_else(PoisonError::into_inner);
                 GroupState::with_commits(offsets.stream(stream).remove(group).unwrap_or_default())
             })
     }
@@ -155,6 +164,9 @@ pub(crate) struct Engine {
     log_config: LogConfig,
     streams: RwLock<BTreeMap<String, Arc<StreamHandle>>>,
     pub groups: Mutex<Groups>,
+    /// The persisted group commits. Apart from `groups` so that writing (and in `sync`
+    /// mode fsyncing) a commit never holds up the other members of any group.
+    pub offsets: Mutex<OffsetStore>,
     closed: AtomicBool,
     lock: Mutex<Option<Box<dyn std::fmt::Debug + Send + Sync>>>,
     background: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
@@ -232,9 +244,9 @@ impl Engine {
             streams: RwLock::new(BTreeMap::new()),
             groups: Mutex::new(Groups {
                 states: HashMap::new(),
-                offsets,
                 next_member: 0,
             }),
+            offsets: Mutex::new(offsets),
             closed: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
             background: Mutex::new(None),
@@ -269,7 +281,7 @@ impl Engine {
     /// records will go instead of skipping them, and drop the others.
     fn reconcile_commits(&mut self) -> Result<()> {
         let streams = self.streams.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let groups = self.groups.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let offsets = self.offsets.get_mut().unwrap_or_else(PoisonError::into_inner);
         let ends: BTreeMap<String, Vec<u64>> = streams
             .iter()
             .map(|(name, s)| {
@@ -279,7 +291,7 @@ impl Engine {
                 )
             })
             .collect();
-        let changed = groups.offsets.reconcile(&ends)?;
+        let changed = offsets.reconcile(&ends)?;
         for m in &changed {
             tracing::warn!(
                 stream = m.stream,
@@ -336,6 +348,7 @@ impl Engine {
             notify: Notify::new(),
             next_unkeyed: AtomicU32::new(0),
             retention: meta.retention,
+            deleted: AtomicBool::new(false),
         }))
     }
 
@@ -411,6 +424,41 @@ impl Engine {
 
     pub(crate) fn streams(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<StreamHandle>>> {
         self.streams.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn offsets(&self) -> MutexGuard<'_, OffsetStore> {
+        self.offsets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Persists commits `(partition, next offset)` of `group` on `stream`, on a blocking
+    /// thread and outside the groups lock. Commits of a stream deleted (and perhaps
+    /// created again) since they were made are dropped with it; commits that arrive out
+    /// of order are harmless (the store keeps only rises).
+    ///
+    /// # Errors
+    ///
+    /// `Io` if the offsets log cannot be written (or, in `sync` mode, synced).
+    pub(crate) async fn persist_commits(
+        self: &Arc<Self>,
+        group: &str,
+        stream: &Arc<StreamHandle>,
+        commits: Vec<(u32, u64)>,
+    ) -> Result<()> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let engine = self.clone();
+        let (group, stream) = (group.to_owned(), stream.clone());
+        blocking(move || {
+            // A delete marks the stream, then drops its commits under the offsets lock:
+            // either this sees the mark, or the delete drops what this writes.
+            let mut offsets = engine.offsets();
+            if stream.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            offsets.commit(&group, &stream.name, &commits)
+        })
+        .await
     }
 
     pub(crate) fn groups(&self) -> MutexGuard<'_, Groups> {
@@ -500,6 +548,7 @@ impl Engine {
                 notify: Notify::new(),
                 next_unkeyed: AtomicU32::new(0),
                 retention,
+                deleted: AtomicBool::new(false),
             }),
         );
         Ok(())
@@ -526,17 +575,15 @@ impl Engine {
                 .rename(&handle.dir, &trash)
                 .map_err(|e| io_error("deleting", &handle.dir, e))?;
             streams.remove(name);
+            handle.deleted.store(true, Ordering::Release);
             self.storage
                 .sync_dir(&self.root.join("streams"))
                 .map_err(|e| io_error("syncing", &self.root, e))?;
             (handle, trash)
         };
         handle.notify.notify_waiters();
-        {
-            let mut groups = self.groups();
-            groups.states.retain(|(_, s), _| s != name);
-            groups.offsets.drop_stream(name)?;
-        }
+        self.groups().states.retain(|(_, s), _| s != name);
+        self.offsets().drop_stream(name)?;
         let _ = self.storage.remove_dir_all(&trash);
         Ok(())
     }
@@ -625,7 +672,7 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = self.groups().offsets.sync() {
+        if let Err(e) = self.offsets().sync() {
             first_error.get_or_insert(e);
         }
         self.lock.lock().unwrap_or_else(PoisonError::into_inner).take();

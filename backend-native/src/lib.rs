@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod blocking;
 mod client;
 mod codec;
 mod config;
@@ -103,10 +104,9 @@ impl Backend for NativeBackend {
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {
-        Ok(Box::new(client::NativeConsumer::new(
-            self.engine.clone(),
-            config,
-        )?))
+        Ok(Box::new(
+            client::NativeConsumer::new(self.engine.clone(), config).await?,
+        ))
     }
 
     async fn admin(&self) -> Result<Box<dyn Admin>> {

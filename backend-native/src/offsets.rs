@@ -208,8 +208,17 @@ impl OffsetStore {
         self.state.get(stream).cloned().unwrap_or_default()
     }
 
-    /// Persists commits of `group` on `stream`: `(partition, next offset)`.
+    /// Persists commits of `group` on `stream`: `(partition, next offset)`. Only
+    /// commits above the one recorded are written: commits of one partition may arrive
+    /// out of order (they are persisted outside the groups lock), and the group's
+    /// position never moves back.
     pub(crate) fn commit(&mut self, group: &str, stream: &str, commits: &[(u32, u64)]) -> Result<()> {
+        let recorded = self.state.get(stream).and_then(|groups| groups.get(group));
+        let commits: Vec<(u32, u64)> = commits
+            .iter()
+            .copied()
+            .filter(|(p, next)| recorded.and_then(|r| r.get(p)).is_none_or(|was| next > was))
+            .collect();
         if commits.is_empty() {
             return Ok(());
         }
@@ -222,7 +231,7 @@ impl OffsetStore {
             })
             .collect();
         self.append(&records)?;
-        for (p, next) in commits {
+        for (p, next) in &commits {
             let slot = self
                 .state
                 .entry(stream.to_owned())
@@ -339,4 +348,29 @@ fn apply(state: &mut BTreeMap<String, StreamCommits>, key: &[u8], value: &[u8]) 
         .entry(group.to_owned())
         .or_default()
         .insert(p, u64::from_le_bytes(bytes));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::DiskStorage;
+
+    #[test]
+    fn commits_arriving_out_of_order_never_move_a_position_back_even_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("commits.log");
+        let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
+        let mut store = OffsetStore::open(path.clone(), storage.clone(), false).unwrap();
+        store.commit("billing", "orders", &[(0, 10), (1, 4)]).unwrap();
+        let size = store.size;
+        // A commit made earlier but persisted later: nothing to write.
+        store.commit("billing", "orders", &[(0, 7)]).unwrap();
+        assert_eq!(store.size, size, "a stale commit is not appended");
+        store.commit("billing", "orders", &[(0, 9), (1, 6)]).unwrap();
+        let expected = BTreeMap::from([(0, 10), (1, 6)]);
+        assert_eq!(store.stream("orders").get("billing"), Some(&expected));
+        drop(store);
+        let reopened = OffsetStore::open(path, storage, false).unwrap();
+        assert_eq!(reopened.stream("orders").get("billing"), Some(&expected));
+    }
 }

@@ -55,10 +55,10 @@ pub struct Cursors {
 }
 
 impl Cursors {
-    /// Registers a record of partition `p` handed to the application.
-    pub fn delivered(&mut self, p: u32, offset: u64) {
-        self.acks
-            .delivered(&PartitionId::from_index(p), Offset::new(offset));
+    /// Registers a record of `partition` handed to the application. The engine passes
+    /// the id it already built for the record, so that no id is made per record.
+    pub fn delivered(&mut self, partition: &PartitionId, offset: u64) {
+        self.acks.delivered(partition, Offset::new(offset));
     }
 
     /// Moves the cursor of a held partition, dropping its uncommitted acks.
@@ -330,7 +330,7 @@ mod tests {
         g.join(1, now);
         sync(&mut g, 1, &mut a, now);
         assert_eq!(a.positions.len(), 4);
-        a.delivered(1, 0);
+        a.delivered(&PartitionId::from_index(1), 0);
         a.acks.ack(&PartitionId::from_index(1), &Offset::new(0)).unwrap();
         g.join(2, now);
         sync(&mut g, 2, &mut b, now);
@@ -353,7 +353,7 @@ mod tests {
         let (mut a, mut b) = (Cursors::default(), Cursors::default());
         g.join(1, now);
         sync(&mut g, 1, &mut a, now);
-        a.delivered(0, 0);
+        a.delivered(&PartitionId::from_index(0), 0);
         a.acks.ack(&PartitionId::from_index(0), &Offset::new(0)).unwrap();
         g.join(2, now);
         let later = now + T + Duration::from_secs(1);
@@ -390,7 +390,7 @@ mod tests {
             vec![(0, 10), (1, 10)],
             "the start is recorded for the group"
         );
-        a.delivered(1, 10);
+        a.delivered(&PartitionId::from_index(1), 10);
         g.join(2, now);
         sync(&mut g, 1, &mut a, now);
         // Member 2 would resolve "latest" to 15 by now; it must start at 10 instead.

@@ -158,7 +158,7 @@ impl MemoryConsumer {
             while out.len() < max {
                 let Some(record) = log.get(cursor) else { break };
                 if self.member.is_some() {
-                    self.cursors.delivered(p, cursor);
+                    self.cursors.delivered(&partition, cursor);
                 }
                 out.push(Received {
                     stream: stream.name.clone(),
