@@ -14,6 +14,7 @@ use tributary_core::{
     StreamSpec, Timestamp, async_trait,
 };
 
+use crate::blocking::blocking;
 use crate::config::Durability;
 use crate::engine::{Engine, StreamHandle};
 use crate::log::PartitionLog;
@@ -55,9 +56,7 @@ impl NativeProducer {
 /// threads). A failure is `Indeterminate`: the records were written but may not
 /// survive, so they are neither acknowledged nor failed.
 async fn sync_written(log: Arc<PartitionLog>, end: u64) -> Result<()> {
-    let synced = tokio::task::spawn_blocking(move || log.sync_to(end)).await;
-    let outcome = synced.unwrap_or_else(|e| Err(Error::new(ErrorKind::Backend, format!("sync task: {e}"))));
-    outcome.map_err(|e| {
+    blocking(move || log.sync_to(end)).await.map_err(|e| {
         Error::new(
             ErrorKind::Indeterminate,
             format!("written but not made durable: {e}"),
