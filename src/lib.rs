@@ -44,5 +44,9 @@ pub mod kinesis {
 /// faults.
 #[cfg(feature = "native")]
 pub mod native {
-    pub use tributary_native::*;
+    // By name: the crate's `raw` (its disk formats, for fuzzing) is not the facade's.
+    pub use tributary_native::{
+        Durability, LostDurable, MAX_PARTITIONS, NativeBackend, NativeConfig, RecoveryReport, default_dir,
+        storage,
+    };
 }

@@ -37,7 +37,6 @@ pub(crate) async fn read_shard(mut cx: ReaderContext) -> ReaderExit {
         // A lapsed lease's reader must not spend the shard's 5 reads/s of the member
         // that holds it now.
         cx.wait_while_lapsed().await;
-        next_call = Instant::now() + interval;
         let result = cx
             .shared
             .client
@@ -46,6 +45,10 @@ pub(crate) async fn read_shard(mut cx: ReaderContext) -> ReaderExit {
             .limit(i32::try_from(config.records_per_read).unwrap_or(10_000))
             .send()
             .await;
+        // Counted from the answer, not from the call: the service counts a shard's
+        // 5 reads/s where calls arrive, and a call delayed on its way (signing, a busy
+        // machine) would otherwise arrive less than `interval` after the previous one.
+        next_call = Instant::now() + interval;
         match result {
             Ok(out) => {
                 failures = 0;

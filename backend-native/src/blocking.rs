@@ -1,5 +1,6 @@
-//! The one way the engine runs file work (writes, fsyncs) from async code: on tokio's
-//! blocking threads, so a slow disk never stalls the threads that run tasks.
+//! How the engine waits for an fsync from async code (a `sync`-mode send or commit): on
+//! tokio's blocking threads, so a slow disk never stalls the threads that run tasks.
+//! Writes that only reach the page cache run inline: handing them over costs more.
 
 use tributary_core::{Error, ErrorKind, Result};
 

@@ -298,11 +298,8 @@ impl NativeConsumer {
             ConsumerMode::Broadcast => None,
             ConsumerMode::Group(group) => {
                 validate_group_name(&group)?;
-                let mut groups = engine.groups();
-                let id = groups.new_member();
-                groups
-                    .state(&group, &stream.name, &engine.offsets)
-                    .join(id, Instant::now());
+                let id = engine.groups().new_member();
+                engine.with_group(&group, &stream.name, |state| state.join(id, Instant::now()));
                 Some((group, id))
             }
         };
@@ -341,7 +338,7 @@ impl NativeConsumer {
     /// created since it last looked.
     async fn sync(&mut self) -> Result<Option<Instant>> {
         let stream = self.stream.clone();
-        let Some((group, id)) = self.member.clone() else {
+        let Some((group, id)) = &self.member else {
             let parts = stream.partitions();
             let created = self.created;
             for (p, part) in (0u32..).zip(parts.iter()) {
@@ -370,21 +367,17 @@ impl NativeConsumer {
                     resolve(&part.log, start)
                 }
             };
-            let mut groups = self.engine.groups();
-            groups.state(&group, &stream.name, &self.engine.offsets).sync(
-                id,
-                &mut self.cursors,
-                partitions,
-                initial,
-                Instant::now(),
-                self.engine.config.session_timeout,
-            )
+            let session_timeout = self.engine.config.session_timeout;
+            let cursors = &mut self.cursors;
+            self.engine.with_group(group, &stream.name, |state| {
+                state.sync(*id, cursors, partitions, initial, Instant::now(), session_timeout)
+            })
         };
         if outcome.changed {
             stream.notify.notify_waiters();
         }
         self.engine
-            .persist_commits(&group, &stream, outcome.committed)
+            .persist_commits(group, &stream, outcome.committed)
             .await?;
         match outcome.error {
             Some(e) => Err(e),
@@ -437,17 +430,16 @@ impl NativeConsumer {
     }
 
     async fn commit_acked(&mut self) -> Result<()> {
-        let (group, id) = group_only(self.member.clone(), GroupOperation::Commit)?;
+        let (group, id) = group_only(self.member.as_ref(), GroupOperation::Commit)?;
+        let cursors = &mut self.cursors;
         let made = self
             .engine
-            .groups()
-            .state(&group, &self.stream.name, &self.engine.offsets)
-            .commit_acked(id, &mut self.cursors);
+            .with_group(group, &self.stream.name, |state| state.commit_acked(*id, cursors));
         let commits = match &made {
             Ok(c) => c.clone(),
             Err(_) => Vec::new(),
         };
-        self.engine.persist_commits(&group, &self.stream, commits).await?;
+        self.engine.persist_commits(group, &self.stream, commits).await?;
         made.map(drop)
     }
 
@@ -528,12 +520,14 @@ impl Consumer for NativeConsumer {
         if self.closed {
             return Ok(());
         }
-        self.closed = true;
         let committed = if self.member.is_some() && self.engine.check_open().is_ok() {
             self.commit_acked().await
         } else {
             Ok(())
         };
+        // Only now: a close dropped while its commit was written must still leave the
+        // group when the consumer is dropped (Drop leaves unless closed).
+        self.closed = true;
         self.leave();
         committed
     }

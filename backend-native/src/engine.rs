@@ -138,22 +138,6 @@ impl Groups {
         self.next_member += 1;
         self.next_member
     }
-
-    /// The state of `group` on `stream`, loaded from the persisted commits on first use
-    /// (the offsets lock is taken inside the groups lock, never the other way round).
-    pub(crate) fn state(
-        &mut self,
-        group: &str,
-        stream: &str,
-        offsets: &Mutex<OffsetStore>,
-    ) -> &mut GroupState {
-        self.states
-            .entry((group.to_owned(), stream.to_owned()))
-            .or_insert_with(|| {
-                let offsets = offsets.lock().unwrap_or_else(PoisonError::into_inner);
-                GroupState::with_commits(offsets.stream(stream).remove(group).unwrap_or_default())
-            })
-    }
 }
 
 #[derive(Debug)]
@@ -430,8 +414,11 @@ impl Engine {
         self.offsets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Persists commits `(partition, next offset)` of `group` on `stream`, on a blocking
-    /// thread and outside the groups lock. Commits of a stream deleted (and perhaps
+    /// Persists commits `(partition, next offset)` of `group` on `stream`, outside the
+    /// groups lock; in `sync` mode, where each commit waits for an fsync, on a blocking
+    /// thread. In the other modes the write is a `pwrite` into the page cache (and now
+    /// and then a compaction), cheaper than handing it to another thread (see the
+    /// commits row of docs/benchmarks.md). Commits of a stream deleted (and perhaps
     /// created again) since they were made are dropped with it; commits that arrive out
     /// of order are harmless (the store keeps only rises).
     ///
@@ -449,7 +436,7 @@ impl Engine {
         }
         let engine = self.clone();
         let (group, stream) = (group.to_owned(), stream.clone());
-        blocking(move || {
+        let persist = move || {
             // A delete marks the stream, then drops its commits under the offsets lock:
             // either this sees the mark, or the delete drops what this writes.
             let mut offsets = engine.offsets();
@@ -457,8 +444,30 @@ impl Engine {
                 return Ok(());
             }
             offsets.commit(&group, &stream.name, &commits)
-        })
-        .await
+        };
+        if self.config.durability == Durability::Sync {
+            blocking(persist).await
+        } else {
+            persist()
+        }
+    }
+
+    /// Runs `f` on the state of `group` on `stream` under the groups lock, loading the
+    /// state from the persisted commits on first use. The commits are read before the
+    /// groups lock is taken, so a `sync`-mode commit holding the offsets lock through
+    /// its fsync never holds up the groups lock. (A state that does not exist yet has no
+    /// commit in flight, so what was read is current; if another caller created the
+    /// state meanwhile, its state is kept.)
+    pub(crate) fn with_group<R>(&self, group: &str, stream: &str, f: impl FnOnce(&mut GroupState) -> R) -> R {
+        let key = (group.to_owned(), stream.to_owned());
+        let known = self.groups().states.contains_key(&key);
+        let loaded = (!known).then(|| self.offsets().stream(stream).remove(group).unwrap_or_default());
+        let mut groups = self.groups();
+        let state = groups
+            .states
+            .entry(key)
+            .or_insert_with(|| GroupState::with_commits(loaded.unwrap_or_default()));
+        f(state)
     }
 
     pub(crate) fn groups(&self) -> MutexGuard<'_, Groups> {
@@ -582,8 +591,13 @@ impl Engine {
             (handle, trash)
         };
         handle.notify.notify_waiters();
-        self.groups().states.retain(|(_, s), _| s != name);
-        self.offsets().drop_stream(name)?;
+        {
+            // Both under the groups lock (groups before offsets, as everywhere): a group
+            // state created in between would load the deleted stream's commits.
+            let mut groups = self.groups();
+            groups.states.retain(|(_, s), _| s != name);
+            self.offsets().drop_stream(name)?;
+        }
         let _ = self.storage.remove_dir_all(&trash);
         Ok(())
     }

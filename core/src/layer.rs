@@ -173,7 +173,11 @@ impl Producer for RetryProducer {
                         || attempt >= self.policy.max_attempts.max(1)
                         || unsent.is_empty()
                     {
-                        let error = gave_up(error, attempt);
+                        let error = if unsent.is_empty() {
+                            error
+                        } else {
+                            gave_up(error, attempt)
+                        };
                         let delivered = results
                             .into_iter()
                             .enumerate()

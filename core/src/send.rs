@@ -58,6 +58,7 @@ impl SendError {
                     doubt.message()
                 ),
             )
+            .with_context_of(&first)
             .with_source(first),
         )
     }
@@ -168,6 +169,7 @@ impl SendTally {
                     error.message()
                 ),
             )
+            .with_context_of(&error)
             .with_source(error);
         }
         let delivered = self
