@@ -460,13 +460,15 @@ impl Engine {
     /// state meanwhile, its state is kept.)
     pub(crate) fn with_group<R>(&self, group: &str, stream: &str, f: impl FnOnce(&mut GroupState) -> R) -> R {
         let key = (group.to_owned(), stream.to_owned());
-        let known = self.groups().states.contains_key(&key);
-        let loaded = (!known).then(|| self.offsets().stream(stream).remove(group).unwrap_or_default());
+        if let Some(state) = self.groups().states.get_mut(&key) {
+            return f(state);
+        }
+        let loaded = self.offsets().stream(stream).remove(group).unwrap_or_default();
         let mut groups = self.groups();
         let state = groups
             .states
             .entry(key)
-            .or_insert_with(|| GroupState::with_commits(loaded.unwrap_or_default()));
+            .or_insert_with(|| GroupState::with_commits(loaded));
         f(state)
     }
 
