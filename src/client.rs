@@ -87,6 +87,14 @@ impl Client {
         self.backend.producer(ProducerConfig::default()).await
     }
 
+    /// A producer with `config`'s settings (client id, batching of handed-over records).
+    ///
+    /// # Errors
+    /// As [`Backend::producer`]: `InvalidConfig` for bad batching settings. Cancel safe.
+    pub async fn producer_with(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
+        self.backend.producer(config).await
+    }
+
     /// A consumer.
     ///
     /// # Errors

@@ -9,10 +9,10 @@ pub use config::{Config, SchemeSupport, scheme_support};
 pub use mirror::{MirrorOptions, MirrorProgress, mirror};
 pub use tributary_core::{
     Admin, Backend, BoxError, Bytes, Capabilities, Consumer, ConsumerConfig, ConsumerExt, ConsumerMode,
-    Delivery, Error, ErrorKind, Headers, KeyRange, Layer, Layered, MAX_STREAM_NAME_LEN, MemoryBackend,
-    MemoryConfig, Offset, PartitionId, PartitionInfo, PartitionState, Producer, ProducerConfig, ProducerExt,
-    Received, Record, Result, RetryLayer, RetryPolicy, SendError, StartFrom, StreamInfo, StreamSpec,
-    Timestamp, async_trait,
+    Delivery, DeliveryHandle, Error, ErrorKind, Headers, KeyRange, Layer, Layered, MAX_STREAM_NAME_LEN,
+    MemoryBackend, MemoryConfig, Offset, PartitionId, PartitionInfo, PartitionState, Producer,
+    ProducerConfig, ProducerExt, Received, Record, Result, RetryLayer, RetryPolicy, SendError, StartFrom,
+    StreamInfo, StreamSpec, Timestamp, async_trait,
 };
 #[cfg(feature = "mock")]
 pub use tributary_core::{MockAdmin, MockBackend, MockConsumer, MockProducer};

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tributary_core::raw::{validate_group_name, validate_stream_name};
 use tributary_core::{
-    Consumer, ConsumerConfig, Error, ErrorKind, Producer, ProducerConfig, Received, Record, Result,
-    StartFrom, Timestamp,
+    Consumer, ConsumerConfig, DeliveryHandle, Error, ErrorKind, Producer, ProducerConfig, Received, Record,
+    Result, StartFrom, Timestamp,
 };
 
 use crate::client::Client;
@@ -192,21 +192,27 @@ async fn run(
     let mut last_record_at = started;
     let poll_timeout = Duration::from_millis(200);
     tokio::pin!(stop);
+    // A batch polled while the previous one was in flight at the destination.
+    let mut polled: Option<Vec<Received>> = None;
+    let mut stopping = false;
     loop {
         let remaining = options
             .max_records
             .map(|max| max.saturating_sub(progress.mirrored));
-        if remaining == Some(0) {
+        if stopping || remaining == Some(0) {
             break;
         }
         let want = remaining.map_or(options.batch, |r| {
             options.batch.min(r.try_into().unwrap_or(usize::MAX))
         });
-        // poll is cancel safe, so a stop arriving while waiting loses nothing.
-        let batch = tokio::select! {
-            biased;
-            () = &mut stop => break,
-            batch = consumer.poll(want, poll_timeout) => batch?,
+        let batch = match polled.take() {
+            Some(batch) => batch,
+            // poll is cancel safe, so a stop arriving while waiting loses nothing.
+            None => tokio::select! {
+                biased;
+                () = &mut stop => break,
+                batch = consumer.poll(want, poll_timeout) => batch?,
+            },
         };
         if batch.is_empty() {
             progress.lag = Some(Duration::ZERO);
@@ -230,7 +236,28 @@ async fn run(
                 .sum::<usize>() as u64;
             bytes_since_report += bytes;
             total_bytes += bytes;
-            progress.resent += send_batch(producer, options, &batch).await?;
+            let handles = hand_over(producer, options, batch.iter().map(copy_record)).await?;
+            let confirmed = confirm(producer, options, &batch, handles);
+            // The next batch is read while this one is in flight; it is handed over only
+            // once this one is confirmed, so a failed record is resent before any later
+            // record of its key.
+            let next_want = remaining.map_or(options.batch, |r| {
+                let left = r.saturating_sub(batch.len() as u64);
+                options.batch.min(left.try_into().unwrap_or(usize::MAX))
+            });
+            let (resent, next) = if next_want == 0 {
+                (confirmed.await, None)
+            } else {
+                let read_next = async {
+                    tokio::select! {
+                        biased;
+                        () = &mut stop => None,
+                        batch = consumer.poll(next_want, poll_timeout) => Some(batch),
+                    }
+                };
+                tokio::join!(confirmed, read_next)
+            };
+            progress.resent += resent?;
             for record in &batch {
                 match consumer.ack(&record.partition, &record.offset) {
                     Ok(()) => {}
@@ -255,6 +282,10 @@ async fn run(
             }
             progress.mirrored += batch.len() as u64;
             progress.lag = Some(newest.map_or(Duration::ZERO, age));
+            match next {
+                None => stopping = next_want != 0,
+                Some(next) => polled = Some(next?),
+            }
         }
         if reported_at.elapsed() >= options.progress_every {
             let now = Instant::now();
@@ -274,33 +305,59 @@ async fn run(
     Ok(progress)
 }
 
-/// Writes one polled batch, resending what a failed send hands back. Returns how many
-/// records were sent again.
-async fn send_batch(producer: &dyn Producer, options: &MirrorOptions, batch: &[Received]) -> Result<u64> {
-    let mut records: Vec<Record> = batch.iter().map(copy_record).collect();
+/// Hands records over to the destination's pipeline, in order.
+async fn hand_over(
+    producer: &dyn Producer,
+    options: &MirrorOptions,
+    records: impl Iterator<Item = Record>,
+) -> Result<Vec<DeliveryHandle>> {
+    let mut handles = Vec::new();
+    for record in records {
+        let handle = producer
+            .enqueue(&options.destination_stream, record)
+            .await
+            .map_err(|e| with_context(e, "destination", &options.destination_stream))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// Waits until every record of `batch` is confirmed at the destination, handing over
+/// again the ones that failed (for each key a suffix of its records, in order) after a
+/// growing pause. Returns how many records were handed over again.
+async fn confirm(
+    producer: &dyn Producer,
+    options: &MirrorOptions,
+    batch: &[Received],
+    mut handles: Vec<DeliveryHandle>,
+) -> Result<u64> {
+    let mut positions: Vec<usize> = (0..batch.len()).collect();
     let mut resent = 0u64;
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=options.send_attempts {
-        match producer.send(&options.destination_stream, records).await {
-            Ok(_) => return Ok(resent),
-            Err(failed) => {
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for (position, handle) in positions.iter().zip(handles) {
+            if let Err(e) = handle.await {
                 // An unknown outcome is resent too: at-least-once, and `resent` says how
                 // many records may now be at the destination twice.
-                let resendable = failed.is_retryable() || failed.kind() == ErrorKind::Indeterminate;
+                let resendable = e.is_retryable() || e.kind() == ErrorKind::Indeterminate;
                 if !resendable || attempt == options.send_attempts {
-                    return Err(with_context(
-                        failed.error,
-                        "destination",
-                        &options.destination_stream,
-                    ));
+                    return Err(with_context(e, "destination", &options.destination_stream));
                 }
-                tracing::warn!(error = %failed.error, unsent = failed.unsent.len(), attempt, "mirror send failed; resending what was not confirmed");
-                resent += failed.unsent.len() as u64;
-                records = failed.unsent;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                failed.push(*position);
+                last_error = Some(e);
             }
         }
+        let Some(error) = last_error else {
+            return Ok(resent);
+        };
+        tracing::warn!(%error, unsent = failed.len(), attempt, "mirror send failed; resending what was not confirmed");
+        resent += failed.len() as u64;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+        handles = hand_over(producer, options, failed.iter().map(|&i| copy_record(&batch[i]))).await?;
+        positions = failed;
     }
     Ok(resent)
 }

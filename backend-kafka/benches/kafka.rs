@@ -3,7 +3,8 @@
 //! engines against each other: `scripts/bench-backends` (`trib bench`).
 //!
 //! `TRIBUTARY_TEST_KAFKA=127.0.0.1:19092 cargo bench -p tributary-kafka --bench kafka`
-//! (`TRIBUTARY_BENCH_SCALE=0.1` for a quick look). Producing runs three times per
+//! (`TRIBUTARY_BENCH_SCALE=0.1` for a quick look; `TRIBUTARY_BENCH_ONLY=one-task` or
+//! `=batches` for one part). Producing runs three times per
 //! client and consuming five (both clients reading the same topic), in alternating
 //! order; the table shows medians, and the spread of the consume runs.
 
@@ -273,6 +274,100 @@ async fn consume_raw(bootstrap: &str, topic: &str, total: usize) -> f64 {
     (read - 1) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Records handed over at most before the oldest is awaited, in the one-task loops.
+const IN_FLIGHT: usize = 100_000;
+/// Keys used in turn by the one-task loops.
+const KEYS: usize = 100;
+
+/// Records/s of one task handing `total` records over one at a time through
+/// `Producer::enqueue`, with up to IN_FLIGHT unconfirmed.
+async fn one_task_tributary(producer: &dyn Producer, topic: &str, total: usize, size: usize) -> f64 {
+    let payload = value(size);
+    let keys: Vec<Bytes> = (0..KEYS).map(|k| Bytes::from(format!("key-{k}"))).collect();
+    let start = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    for i in 0..total {
+        if in_flight.len() >= IN_FLIGHT {
+            let oldest: tributary_core::DeliveryHandle = in_flight.pop_front().unwrap();
+            oldest.await.unwrap();
+        }
+        let record = Record::new(payload.clone()).with_key(keys[i % KEYS].clone());
+        in_flight.push_back(producer.enqueue(topic, record).await.unwrap());
+    }
+    for handle in in_flight {
+        handle.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The same loop written against rdkafka's `FutureProducer` directly.
+async fn one_task_raw(producer: &FutureProducer, topic: &str, total: usize, size: usize) -> f64 {
+    let payload = value(size);
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("key-{k}")).collect();
+    let start = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    for i in 0..total {
+        if in_flight.len() >= IN_FLIGHT {
+            let oldest: rdkafka::producer::DeliveryFuture = in_flight.pop_front().unwrap();
+            oldest.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+        let mut record = FutureRecord::to(topic)
+            .key(keys[i % KEYS].as_str())
+            .payload(payload.as_ref());
+        let future = loop {
+            match producer.send_result(record) {
+                Ok(future) => break future,
+                Err((e, returned))
+                    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => panic!("{e}"),
+            }
+        };
+        in_flight.push_back(future);
+    }
+    for future in in_flight {
+        future.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One task handing records over one at a time: tributary's `enqueue` against the same
+/// loop on rdkafka, three runs each in alternating order, medians.
+async fn one_task_pair(kafka: &KafkaBackend, bootstrap: &str, run: &str) {
+    let total = ((2_000_000.0 * scale()) as usize).max(IN_FLIGHT);
+    let size = 100;
+    let ours_producer = kafka.producer(ProducerConfig::default()).await.unwrap();
+    let raw = raw_producer(bootstrap, 5);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let admin = kafka.admin().await.unwrap();
+    for round in 0..3 {
+        let (t_ours, t_raw) = (
+            format!("bench-{run}-one-t{round}"),
+            format!("bench-{run}-one-r{round}"),
+        );
+        create(kafka, &t_ours).await;
+        create(kafka, &t_raw).await;
+        if round % 2 == 0 {
+            ours.push(one_task_tributary(&*ours_producer, &t_ours, total, size).await);
+            theirs.push(one_task_raw(&raw, &t_raw, total, size).await);
+        } else {
+            theirs.push(one_task_raw(&raw, &t_raw, total, size).await);
+            ours.push(one_task_tributary(&*ours_producer, &t_ours, total, size).await);
+        }
+        admin.delete_stream(&t_ours).await.unwrap();
+        admin.delete_stream(&t_raw).await.unwrap();
+    }
+    eprintln!("one task, runs: tributary {ours:.0?} raw {theirs:.0?}");
+    let (o, r) = (median(ours), median(theirs));
+    println!(
+        "| {size} B | produce, one task handing over {total} records one at a time, {IN_FLIGHT} in flight, {KEYS} keys (rec/s) | {o:.0} | {r:.0} | {:.2} |",
+        o / r
+    );
+}
+
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64
 }
@@ -297,6 +392,13 @@ fn main() {
         let run = format!("{:x}", fastrand::u32(..));
         println!("| record | metric | tributary-kafka | raw rdkafka | ratio |");
         println!("|---|---|---|---|---|");
+        let only = std::env::var("TRIBUTARY_BENCH_ONLY").unwrap_or_default();
+        if only.is_empty() || only.split(',').any(|o| o == "one-task") {
+            one_task_pair(&kafka, &bootstrap, &run).await;
+        }
+        if !only.is_empty() && !only.split(',').any(|o| o == "batches") {
+            return;
+        }
         for (size, total) in [(100usize, 400_000.0), (1024, 150_000.0)] {
             let total = ((total * scale()) as usize).max(SENDERS * BATCH);
             let (mut ours, mut raw) = (Vec::new(), Vec::new());

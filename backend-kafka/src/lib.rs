@@ -56,7 +56,7 @@ impl KafkaBackend {
     /// # Errors
     /// `InvalidConfig` if librdkafka refuses the settings.
     pub fn kafka_producer(&self, config: ProducerConfig) -> Result<KafkaProducer> {
-        KafkaProducer::new(self.config.clone(), config.client_id.as_deref())
+        KafkaProducer::new(self.config.clone(), &config)
     }
 
     fn admin_client(&self) -> Result<Arc<AdminClient<DefaultClientContext>>> {
@@ -80,10 +80,7 @@ impl Backend for KafkaBackend {
     }
 
     async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
-        Ok(Box::new(KafkaProducer::new(
-            self.config.clone(),
-            config.client_id.as_deref(),
-        )?))
+        Ok(Box::new(KafkaProducer::new(self.config.clone(), &config)?))
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {

@@ -13,10 +13,10 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 type Client = FutureProducer<WatchedContext>;
-use tributary_core::raw::{SendTally, validate_stream_name};
+use tributary_core::raw::{PipelineSettings, SendTally, validate_stream_name};
 use tributary_core::{
-    Delivery, Error, ErrorKind, Offset, PartitionId, Producer, Record, Result, SendError, Timestamp,
-    async_trait,
+    Delivery, DeliveryHandle, Error, ErrorKind, Offset, PartitionId, Producer, ProducerConfig, Record,
+    Result, SendError, Timestamp, async_trait,
 };
 
 use crate::config::{KafkaConfig, Role};
@@ -53,11 +53,19 @@ enum Outcome {
 }
 
 impl KafkaProducer {
-    pub(crate) fn new(config: Arc<KafkaConfig>, client_id: Option<&str>) -> Result<Self> {
+    pub(crate) fn new(config: Arc<KafkaConfig>, producer: &ProducerConfig) -> Result<Self> {
         let mut client_config = config.client_config(Role::Producer, None);
-        if let Some(id) = client_id {
+        if let Some(id) = &producer.client_id {
             client_config.set("client.id", id);
         }
+        let settings = PipelineSettings::new(
+            config.linger,
+            DEFAULT_BATCH_RECORDS,
+            DEFAULT_BATCH_BYTES,
+            DEFAULT_BUFFER_BYTES,
+        )
+        .with_config(producer)?;
+        apply_settings(&mut client_config, &settings, producer);
         let auth = Arc::new(AuthWatch::new(config.secret_values()));
         let producer = create(&client_config, &auth)?;
         Ok(Self {
@@ -144,6 +152,18 @@ impl KafkaProducer {
         Ok(())
     }
 
+    /// The librdkafka producer to queue records in: the current one, replaced first if
+    /// it failed fatally since it was last used.
+    fn usable(&self) -> Result<Arc<Client>> {
+        let producer = self.current()?;
+        if producer.client().fatal_error().is_none() {
+            return Ok(producer);
+        }
+        self.recover_if_fatal(&producer);
+        drop_off_runtime(producer);
+        self.current()
+    }
+
     /// After a fatal error the producer cannot send again: swap in a new one.
     fn recover_if_fatal(&self, failed: &Arc<Client>) {
         let Some((code, reason)) = failed.client().fatal_error() else {
@@ -167,13 +187,66 @@ impl KafkaProducer {
     }
 }
 
-/// Destroying a producer flushes and joins librdkafka's threads: when this is the last
-/// handle, not on an async worker.
+/// librdkafka's `batch.num.messages` default.
+const DEFAULT_BATCH_RECORDS: usize = 10_000;
+/// librdkafka's `batch.size` default.
+const DEFAULT_BATCH_BYTES: usize = 1_000_000;
+/// Kafka's Java producer's `buffer.memory` default (librdkafka's is 1 GiB).
+const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
+/// Records librdkafka may queue: high, so that `buffer_bytes` is the bound.
+const MAX_QUEUED_RECORDS: &str = "10000000";
+
+/// The batching settings as librdkafka's: `linger.ms`, `batch.num.messages`,
+/// `batch.size` and `queue.buffering.max.kbytes` (rounded up). The engine's own settings
+/// (`linger` and `librdkafka.*` in the URL) give way to the producer's where it sets one.
+fn apply_settings(client_config: &mut ClientConfig, settings: &PipelineSettings, producer: &ProducerConfig) {
+    if producer.linger.is_some() {
+        client_config.set("linger.ms", settings.linger.as_millis().to_string());
+    }
+    let mut set = |key: &str, value: Option<usize>, default: usize| {
+        if value.is_some() || client_config.get(key).is_none() {
+            client_config.set(key, value.unwrap_or(default).to_string());
+        }
+    };
+    set(
+        "batch.num.messages",
+        producer.batch_records,
+        settings.batch_records,
+    );
+    set("batch.size", producer.batch_bytes, settings.batch_bytes);
+    set(
+        "queue.buffering.max.kbytes",
+        producer.buffer_bytes.map(|b| b.div_ceil(1024)),
+        settings.buffer_bytes.div_ceil(1024),
+    );
+    if client_config.get("queue.buffering.max.messages").is_none() {
+        client_config.set("queue.buffering.max.messages", MAX_QUEUED_RECORDS);
+    }
+}
+
+/// Destroying a producer purges what is queued and joins librdkafka's threads: when
+/// this is the last handle, and not on an async worker, what was handed over is first
+/// given the delivery timeout to go out (so a producer dropped without `close` still
+/// delivers, as the other engines' pipelines do); what is left then fails its handles.
 fn drop_off_runtime(producer: Arc<Client>) {
+    retire(producer, Duration::ZERO);
+}
+
+/// As [`drop_off_runtime`], first waiting up to `drain` for what is queued.
+fn retire(producer: Arc<Client>, drain: Duration) {
     if let Some(last) = Arc::into_inner(producer) {
+        let finish = move || {
+            if !drain.is_zero()
+                && last.in_flight_count() > 0
+                && let Err(e) = last.flush(drain)
+            {
+                tracing::warn!(error = %e, "kafka: records were still queued when the dropped producer gave up");
+            }
+            drop(last);
+        };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(last))),
-            Err(_) => drop(last),
+            Ok(runtime) => drop(runtime.spawn_blocking(finish)),
+            Err(_) => finish(),
         }
     }
 }
@@ -186,7 +259,7 @@ impl Drop for KafkaProducer {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
         {
-            drop_off_runtime(producer);
+            retire(producer, self.config.delivery_timeout);
         }
     }
 }
@@ -196,6 +269,35 @@ fn create(client_config: &ClientConfig, auth: &Arc<AuthWatch>) -> Result<Arc<Cli
         .create_with_context::<_, Client>(WatchedContext { auth: auth.clone() })
         .map(Arc::new)
         .map_err(|e| error::convert("creating a producer", e))
+}
+
+/// `record` as librdkafka takes it (which copies what it borrows when it is queued).
+fn future_record<'a>(stream: &'a str, record: &'a Record) -> FutureRecord<'a, [u8], [u8]> {
+    let mut future_record = FutureRecord::<[u8], [u8]>::to(stream).payload(record.value.as_ref());
+    if let Some(key) = &record.key {
+        future_record = future_record.key(key.as_ref());
+    }
+    if let Some(index) = record.partition.as_ref().and_then(PartitionId::index) {
+        future_record = future_record.partition(i32::try_from(index).unwrap_or(i32::MAX));
+    }
+    if let Some(ts) = record.timestamp {
+        future_record = future_record.timestamp(ts.as_millis());
+    }
+    if let Some(headers) = headers_of(record) {
+        future_record = future_record.headers(headers);
+    }
+    future_record
+}
+
+/// A refusal to queue a record: it was never sent, so whatever the code, not
+/// `Indeterminate`.
+fn queue_refusal(e: KafkaError) -> Error {
+    let refused = error::convert("queueing a record", e);
+    if refused.kind() == ErrorKind::Indeterminate {
+        Error::new(ErrorKind::Unavailable, refused.message().to_string())
+    } else {
+        refused
+    }
 }
 
 fn headers_of(record: &Record) -> Option<OwnedHeaders> {
@@ -271,16 +373,7 @@ impl Producer for KafkaProducer {
         if let Err(e) = self.check_batch(stream, &records).await {
             return Err(SendError::nothing_sent(self.auth.explain(e), records));
         }
-        let producer = match self.current() {
-            Ok(p) if p.client().fatal_error().is_some() => {
-                // Failed since the last send returned: replace it before using it.
-                self.recover_if_fatal(&p);
-                drop_off_runtime(p);
-                match self.current() {
-                    Ok(p) => p,
-                    Err(e) => return Err(SendError::nothing_sent(e, records)),
-                }
-            }
+        let producer = match self.usable() {
             Ok(p) => p,
             Err(e) => return Err(SendError::nothing_sent(e, records)),
         };
@@ -290,19 +383,7 @@ impl Producer for KafkaProducer {
         // Deliveries already awaited to make room in librdkafka's queue.
         let mut awaited = 0usize;
         for (i, record) in records.iter().enumerate() {
-            let mut future_record = FutureRecord::<[u8], [u8]>::to(stream).payload(record.value.as_ref());
-            if let Some(key) = &record.key {
-                future_record = future_record.key(key.as_ref());
-            }
-            if let Some(index) = record.partition.as_ref().and_then(PartitionId::index) {
-                future_record = future_record.partition(i32::try_from(index).unwrap_or(i32::MAX));
-            }
-            if let Some(ts) = record.timestamp {
-                future_record = future_record.timestamp(ts.as_millis());
-            }
-            if let Some(headers) = headers_of(record) {
-                future_record = future_record.headers(headers);
-            }
+            let mut future_record = future_record(stream, record);
             loop {
                 match producer.send_result(future_record) {
                     Ok(delivery) => {
@@ -320,12 +401,7 @@ impl Producer for KafkaProducer {
                         }
                     }
                     Err((e, _)) => {
-                        // Never queued, so never sent: whatever the code, not Indeterminate.
-                        let mut refused = error::convert("queueing a record", e);
-                        if refused.kind() == ErrorKind::Indeterminate {
-                            refused = Error::new(ErrorKind::Unavailable, refused.message().to_string());
-                        }
-                        enqueue_error = Some((i, refused));
+                        enqueue_error = Some((i, queue_refusal(e)));
                         break;
                     }
                 }
@@ -356,6 +432,47 @@ impl Producer for KafkaProducer {
         self.recover_if_fatal(&producer);
         drop_off_runtime(producer);
         tally.finish()
+    }
+
+    /// Queued in librdkafka's own queue, whose `DeliveryFuture` is the handle: no copy
+    /// or task of ours per record. Waits while the queue is full (`buffer_bytes`).
+    async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer"));
+        }
+        if let Err(e) = self.check_batch(stream, std::slice::from_ref(&record)).await {
+            let e = self.auth.explain(e);
+            return match e.kind() {
+                ErrorKind::InvalidInput | ErrorKind::Closed => Err(e),
+                _ => Ok(DeliveryHandle::ready(Err(e))),
+            };
+        }
+        let producer = self.usable()?;
+        let mut queued = future_record(stream, &record);
+        let mut pause = Duration::from_micros(100);
+        let delivery = loop {
+            match producer.send_result(queued) {
+                Ok(delivery) => break delivery,
+                Err((e, returned)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    // librdkafka has no signal for room: look again soon, less often
+                    // the longer it stays full (at most every 10 ms).
+                    queued = returned;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                    if self.closed.load(Ordering::Acquire) {
+                        return Err(Error::closed("producer"));
+                    }
+                }
+                Err((e, _)) => return Ok(DeliveryHandle::ready(Err(queue_refusal(e)))),
+            }
+        };
+        drop(producer);
+        Ok(DeliveryHandle::from_future(async move {
+            match resolve(delivery.await) {
+                Outcome::Delivered(d) => Ok(d),
+                Outcome::Failed(e) => Err(e),
+            }
+        }))
     }
 
     async fn flush(&self) -> Result<()> {

@@ -75,6 +75,26 @@ fn duplicates_are_attributed_by_send_attempt_not_by_shape() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
+    chaos(Sending::Batches).await;
+}
+
+/// The same chaos with every record handed over one at a time (`Producer::enqueue`),
+/// up to 1,000 unconfirmed: the same promises hold through the pipeline.
+#[tokio::test(flavor = "current_thread")]
+async fn brokers_down_and_request_errors_through_the_pipeline_lose_and_duplicate_nothing() {
+    chaos(Sending::HandedOver).await;
+}
+
+/// How the chaos test produces.
+#[derive(Clone, Copy)]
+enum Sending {
+    /// Batches of BATCH, resending what comes back unsent.
+    Batches,
+    /// One record at a time through the pipeline.
+    HandedOver,
+}
+
+async fn chaos(sending: Sending) {
     let cluster = MockCluster::new(BROKERS).expect("a mock cluster");
     cluster.create_topic(TOPIC, PARTITIONS, BROKERS).unwrap();
     // Leaders spread over every broker, so taking any one down stalls some partitions.
@@ -93,10 +113,12 @@ async fn brokers_down_and_request_errors_lose_and_duplicate_nothing() {
     let chaos_done = Arc::new(AtomicBool::new(false));
     let done = chaos_done.clone();
     let task = tokio::spawn(async move {
-        common::produce(producer, TOPIC, BATCH, 40, Duration::ZERO, move |ledger| {
-            ledger.acked.len() >= TARGET_ACKED && done.load(Ordering::SeqCst)
-        })
-        .await
+        let finished =
+            move |ledger: &common::Ledger| ledger.acked.len() >= TARGET_ACKED && done.load(Ordering::SeqCst);
+        match sending {
+            Sending::Batches => common::produce(producer, TOPIC, BATCH, 40, Duration::ZERO, finished).await,
+            Sending::HandedOver => common::hand_over(producer, TOPIC, 40, 1_000, finished).await,
+        }
     });
 
     let mut rng = fastrand::Rng::with_seed(0x7121_b07a);

@@ -138,7 +138,16 @@ impl KinesisBackend {
 
     /// A producer as its concrete type (for [`KinesisProducer::stats`]).
     pub fn kinesis_producer(&self) -> KinesisProducer {
-        KinesisProducer::new(self.shared.clone())
+        KinesisProducer::new(self.shared.clone(), KinesisProducer::default_settings())
+    }
+
+    /// A producer with `config`'s settings, as its concrete type.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for bad batching settings.
+    pub fn kinesis_producer_with(&self, config: &ProducerConfig) -> Result<KinesisProducer> {
+        let settings = KinesisProducer::default_settings().with_config(config)?;
+        Ok(KinesisProducer::new(self.shared.clone(), settings))
     }
 
     /// A consumer as its concrete type (for [`KinesisConsumer::lag`]).
@@ -232,8 +241,8 @@ impl Backend for KinesisBackend {
         caps
     }
 
-    async fn producer(&self, _config: ProducerConfig) -> Result<Box<dyn Producer>> {
-        Ok(Box::new(self.kinesis_producer()))
+    async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
+        Ok(Box::new(self.kinesis_producer_with(&config)?))
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {

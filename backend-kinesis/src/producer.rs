@@ -9,9 +9,9 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bytes::Bytes;
 use tokio::time::Instant;
-use tributary_core::raw::{SendTally, backoff};
+use tributary_core::raw::{Pipeline, PipelineSettings, SendTally, backoff};
 use tributary_core::{
-    Delivery, Error, ErrorKind, PartitionId, Producer, Record, Result, SendError, async_trait,
+    Delivery, DeliveryHandle, Error, ErrorKind, PartitionId, Producer, Record, Result, SendError, async_trait,
 };
 
 use crate::Shared;
@@ -30,10 +30,31 @@ const MAX_BYTES_PER_CALL: usize = 5 * 1024 * 1024;
 /// again, after an exponential backoff with full jitter, until `delivery_timeout`.
 /// With `strict_key_order` (the default) a call never holds two records of one key, so
 /// a refused entry can never be overtaken by a later record of its key.
+///
+/// Records handed over with [`Producer::enqueue`] are gathered per stream, from every
+/// caller, into such batches (up to the producer's `batch_records`, default 5,000: ten
+/// full calls, and `batch_bytes`, default 20 MiB), one batch in flight per stream while
+/// the next fills, in the spirit of the KPL's buffering (`linger` is its
+/// `RecordMaxBufferedTime`; default 0: a batch leaves as soon as the previous one is
+/// done). At most `buffer_bytes` (default 32 MiB) are buffered.
 #[derive(Clone, Debug)]
 pub struct KinesisProducer {
+    batches: Batches,
+    pipeline: Arc<Pipeline>,
+    /// Closed for callers: the pipeline still sends what was handed over before.
+    closed: Arc<AtomicBool>,
+}
+
+/// Batch sends: what the pipeline and `send` call.
+#[derive(Clone, Debug)]
+struct Batches {
     inner: Arc<Inner>,
 }
+
+const DEFAULT_LINGER: std::time::Duration = std::time::Duration::ZERO;
+const DEFAULT_BATCH_RECORDS: usize = 10 * MAX_ENTRIES_PER_CALL;
+const DEFAULT_BATCH_BYTES: usize = 4 * MAX_BYTES_PER_CALL;
+const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
 
 #[derive(Debug)]
 struct Inner {
@@ -94,8 +115,17 @@ enum Unready {
 }
 
 impl KinesisProducer {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
+    pub(crate) fn default_settings() -> PipelineSettings {
+        PipelineSettings::new(
+            DEFAULT_LINGER,
+            DEFAULT_BATCH_RECORDS,
+            DEFAULT_BATCH_BYTES,
+            DEFAULT_BUFFER_BYTES,
+        )
+    }
+
+    pub(crate) fn new(shared: Arc<Shared>, settings: PipelineSettings) -> Self {
+        let batches = Batches {
             inner: Arc::new(Inner {
                 shared,
                 maps: Mutex::default(),
@@ -103,12 +133,17 @@ impl KinesisProducer {
                 gate: tokio::sync::RwLock::new(()),
                 counters: Counters::default(),
             }),
+        };
+        Self {
+            pipeline: Arc::new(Pipeline::new(Arc::new(batches.clone()), settings)),
+            batches,
+            closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Counters of calls and entries, for monitoring and benchmarks.
     pub fn stats(&self) -> ProducerStats {
-        let c = &self.inner.counters;
+        let c = &self.batches.inner.counters;
         ProducerStats {
             put_records_calls: c.calls.load(Ordering::Relaxed),
             entries_sent: c.entries.load(Ordering::Relaxed),
@@ -117,6 +152,30 @@ impl KinesisProducer {
         }
     }
 
+    /// Refuses what no batch could send, before the record is queued with others: a
+    /// bad key, headers without the envelope, or a record over the size limit before
+    /// any envelope (with one, the batch finds out and the record fails alone).
+    fn check_record(&self, record: &Record) -> Result<()> {
+        let config = &self.batches.inner.shared.config;
+        let key = keys::partition_key(record.key.as_ref()).map_err(Error::invalid_input)?;
+        if !config.headers_envelope && !record.headers.is_empty() {
+            return Err(Error::invalid_input(
+                "the record has headers, which Kinesis records cannot hold: enable headers_envelope \
+                 to keep them inside the data (see the tributary-kinesis docs)",
+            ));
+        }
+        let size = key.len() + record.value.len();
+        if size > config.max_record_bytes {
+            return Err(Error::invalid_input(format!(
+                "the record is {size} bytes (partition key + data), above the limit of {} bytes",
+                config.max_record_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Batches {
     async fn shard_map(&self, stream: &str, fresh: bool) -> Result<Arc<ShardMap>> {
         let ttl = self.inner.shared.config.metadata_refresh;
         if !fresh
@@ -406,6 +465,41 @@ fn remove_positions(pending: &mut VecDeque<Entry>, positions: &[usize]) {
 #[async_trait]
 impl Producer for KinesisProducer {
     async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SendError::nothing_sent(Error::closed("producer"), records));
+        }
+        self.batches.send(stream, records).await
+    }
+
+    async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer"));
+        }
+        crate::validate_stream_name(stream)?;
+        self.check_record(&record)?;
+        self.pipeline.enqueue(stream, record).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer"));
+        }
+        self.pipeline.flush().await?;
+        self.batches.flush().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Callers are refused from here; what was handed over still goes out.
+        self.closed.store(true, Ordering::Release);
+        let flushed = self.pipeline.close().await;
+        self.batches.close().await?;
+        flushed
+    }
+}
+
+#[async_trait]
+impl Producer for Batches {
+    async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(SendError::nothing_sent(Error::closed("producer"), records));
         }
@@ -450,10 +544,15 @@ impl Producer for KinesisProducer {
         tally.finish()
     }
 
+    /// Only [`KinesisProducer`] hands records over, to its pipeline over this.
+    async fn enqueue(&self, _stream: &str, _record: Record) -> Result<DeliveryHandle> {
+        Err(Error::new(
+            ErrorKind::Backend,
+            "kinesis: the batch sender takes no handed-over records",
+        ))
+    }
+
     async fn flush(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::closed("producer"));
-        }
         drop(self.inner.gate.write().await);
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! then 50%, in bursts all of them, with some InternalFailure entries and whole calls
 //! refused too. Nothing may be lost or written twice, only refused entries may be sent
 //! again, every key's records must land in send order, and the retries must back off
-//! with jitter.
+//! with jitter. The same storm runs through the producer pipeline (`enqueue`) too.
 
 mod common;
 
@@ -187,19 +187,23 @@ impl HttpClient for ScriptedKinesis {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttling_storm_loses_nothing_resends_only_refused_entries_and_keeps_key_order() {
-    let scripted = ScriptedKinesis::default();
+/// A backend on `scripted` that retries quickly and patiently.
+fn storm_backend(scripted: &ScriptedKinesis) -> KinesisBackend {
     let mut config = KinesisConfig::local("us-east-1", "http://kinesis.scripted.invalid");
     config.retry_base = Duration::from_millis(2);
     config.retry_max = Duration::from_millis(40);
     config.delivery_timeout = Duration::from_secs(300);
-    let backend = KinesisBackend::with_sdk_config(
+    KinesisBackend::with_sdk_config(
         config,
         &common::sdk_config(Some(SharedHttpClient::new(scripted.clone()))),
     )
-    .expect("backend");
-    let producer = backend.kinesis_producer();
+    .expect("backend")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_storm_loses_nothing_resends_only_refused_entries_and_keeps_key_order() {
+    let scripted = ScriptedKinesis::default();
+    let producer = storm_backend(&scripted).kinesis_producer();
     let mut per_key_sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut next = vec![0usize; KEYS];
     let mut sent = 0;
@@ -227,39 +231,7 @@ async fn throttling_storm_loses_nothing_resends_only_refused_entries_and_keeps_k
     }
 
     let server = scripted.server.lock().expect("server lock");
-    // Nothing lost, nothing written twice.
-    let written: Vec<&String> = server.shards.values().flatten().collect();
-    assert_eq!(written.len(), RECORDS, "every record written once");
-    let distinct: HashSet<&String> = written.iter().copied().collect();
-    assert_eq!(distinct.len(), RECORDS, "no record written twice");
-    // Only refused entries were sent again.
-    for (value, times) in &server.sent {
-        let refused = server.refused.get(value).copied().unwrap_or(0);
-        assert_eq!(
-            *times,
-            refused + 1,
-            "{value} sent {times} times after {refused} refusals"
-        );
-    }
-    let total_refused: u32 = server.refused.values().sum();
-    assert_eq!(u64::from(total_refused), producer.stats().entries_refused);
-    assert!(total_refused > 5_000, "the storm refused {total_refused} entries");
-    assert!(
-        server.whole_calls_refused > 10,
-        "{} whole calls refused",
-        server.whole_calls_refused
-    );
-    // Each key's records in send order within its shard.
-    for (key, values) in &per_key_sent {
-        let hash = u128::from_be_bytes(md5_digest(key));
-        let shard_log = &server.shards[&shard_of(hash)];
-        let landed: Vec<&String> = shard_log
-            .iter()
-            .filter(|v| v.contains(&format!("-{key}-")))
-            .collect();
-        let expected: Vec<&String> = values.iter().collect();
-        assert_eq!(landed, expected, "key {key} in send order");
-    }
+    let total_refused = assert_nothing_lost_or_reordered(&server, &per_key_sent, &producer);
     // Backoff: within one send, after a call with refusals the next call to that shard
     // waits a random while; after a clean call it does not.
     let mut after_refusal = Vec::new();
@@ -303,6 +275,80 @@ async fn throttling_storm_loses_nothing_resends_only_refused_entries_and_keeps_k
             .iter()
             .all(|g| *g < Duration::from_millis(40) + Duration::from_millis(200)),
         "no delay beyond retry_max (plus scheduling)"
+    );
+}
+
+/// Every record written once, only refused entries sent again, each key's records in
+/// send order within its shard; returns the entries refused.
+fn assert_nothing_lost_or_reordered(
+    server: &Server,
+    per_key_sent: &BTreeMap<String, Vec<String>>,
+    producer: &tributary_kinesis::KinesisProducer,
+) -> u32 {
+    let written: Vec<&String> = server.shards.values().flatten().collect();
+    assert_eq!(written.len(), RECORDS, "every record written once");
+    let distinct: HashSet<&String> = written.iter().copied().collect();
+    assert_eq!(distinct.len(), RECORDS, "no record written twice");
+    for (value, times) in &server.sent {
+        let refused = server.refused.get(value).copied().unwrap_or(0);
+        assert_eq!(
+            *times,
+            refused + 1,
+            "{value} sent {times} times after {refused} refusals"
+        );
+    }
+    let total_refused: u32 = server.refused.values().sum();
+    assert_eq!(u64::from(total_refused), producer.stats().entries_refused);
+    assert!(total_refused > 5_000, "the storm refused {total_refused} entries");
+    assert!(
+        server.whole_calls_refused > 10,
+        "{} whole calls refused",
+        server.whole_calls_refused
+    );
+    for (key, values) in per_key_sent {
+        let hash = u128::from_be_bytes(md5_digest(key));
+        let shard_log = &server.shards[&shard_of(hash)];
+        let landed: Vec<&String> = shard_log
+            .iter()
+            .filter(|v| v.contains(&format!("-{key}-")))
+            .collect();
+        let expected: Vec<&String> = values.iter().collect();
+        assert_eq!(landed, expected, "key {key} in send order");
+    }
+    total_refused
+}
+
+/// The same storm with every record handed over one at a time (`Producer::enqueue`)
+/// from one task, its handles awaited only at the end: the pipeline batches them, and
+/// the same promises hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_storm_through_the_pipeline_loses_nothing_and_keeps_key_order() {
+    let scripted = ScriptedKinesis::default();
+    let producer = storm_backend(&scripted).kinesis_producer();
+    let mut per_key_sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut next = vec![0usize; KEYS];
+    let mut handles = Vec::with_capacity(RECORDS);
+    for i in 0..RECORDS {
+        let key = fastrand::usize(..KEYS);
+        let value = format!("b{}-k{key}-{}", i / 500, next[key]);
+        next[key] += 1;
+        per_key_sent
+            .entry(format!("k{key}"))
+            .or_default()
+            .push(value.clone());
+        let record = Record::new(value).with_key(format!("k{key}"));
+        handles.push(producer.enqueue("storm", record).await.expect("handed over"));
+    }
+    for handle in handles {
+        handle.await.expect("every record is delivered");
+    }
+    producer.close().await.expect("close");
+    let server = scripted.server.lock().expect("server lock");
+    let total_refused = assert_nothing_lost_or_reordered(&server, &per_key_sent, &producer);
+    println!(
+        "through the pipeline: {} calls, {total_refused} entries refused, {} whole calls refused",
+        server.calls.len(),
+        server.whole_calls_refused
     );
 }
 

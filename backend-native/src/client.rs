@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use tributary_core::raw::group::{Cursors, MemberId};
 use tributary_core::raw::{
-    GroupOperation, SendTally, group_only, route_batch, validate_group_name, validate_stream_name,
+    GroupOperation, Pipeline, PipelineSettings, SendTally, group_only, route_batch, validate_group_name,
+    validate_stream_name,
 };
 use tributary_core::{
-    Admin, Consumer, ConsumerConfig, ConsumerMode, Delivery, Error, ErrorKind, Offset, PartitionId,
-    PartitionInfo, PartitionState, Producer, Received, Record, Result, SendError, StartFrom, StreamInfo,
-    StreamSpec, Timestamp, async_trait,
+    Admin, Consumer, ConsumerConfig, ConsumerMode, Delivery, DeliveryHandle, Error, ErrorKind, Offset,
+    PartitionId, PartitionInfo, PartitionState, Producer, ProducerConfig, Received, Record, Result,
+    SendError, StartFrom, StreamInfo, StreamSpec, Timestamp, async_trait,
 };
 
 use crate::blocking::blocking;
@@ -19,12 +20,104 @@ use crate::config::Durability;
 use crate::engine::{Engine, StreamHandle};
 use crate::log::PartitionLog;
 
+/// The producer: batch sends written at once, and records handed over one at a time
+/// coalesced by a [`Pipeline`] into one append per partition per batch (so one
+/// `write()`, and in `sync` mode one fdatasync, covers every record queued meanwhile).
 pub(crate) struct NativeProducer {
-    pub engine: Arc<Engine>,
-    pub closed: AtomicBool,
+    batches: Arc<NativeBatches>,
+    pipeline: Pipeline,
+    closed: AtomicBool,
 }
 
+/// What a handed-over record may wait for others (none: records queue up while the
+/// previous batch is written, which is the batching that costs no latency).
+const DEFAULT_LINGER: Duration = Duration::ZERO;
+/// Records per coalesced batch, at most.
+const DEFAULT_BATCH_RECORDS: usize = 10_000;
+/// Bytes per coalesced batch, at most.
+const DEFAULT_BATCH_BYTES: usize = 4 << 20;
+/// Bytes handed over and not yet written, at most (Kafka's Java producer's default).
+const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
+
 impl NativeProducer {
+    pub(crate) fn new(engine: Arc<Engine>, config: &ProducerConfig) -> Result<Self> {
+        let settings = PipelineSettings::new(
+            DEFAULT_LINGER,
+            DEFAULT_BATCH_RECORDS,
+            DEFAULT_BATCH_BYTES,
+            DEFAULT_BUFFER_BYTES,
+        )
+        .with_config(config)?;
+        let batches = Arc::new(NativeBatches {
+            engine,
+            closed: AtomicBool::new(false),
+        });
+        Ok(Self {
+            pipeline: Pipeline::new(batches.clone(), settings),
+            batches,
+            closed: AtomicBool::new(false),
+        })
+    }
+}
+
+#[async_trait]
+impl Producer for NativeProducer {
+    async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SendError::nothing_sent(Error::closed("producer"), records));
+        }
+        self.batches.send(stream, records).await
+    }
+
+    async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
+        validate_stream_name(stream)?;
+        self.batches.check_record(&record)?;
+        self.pipeline.enqueue(stream, record).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer"));
+        }
+        self.pipeline.flush().await?;
+        self.batches.engine.check_open()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        let flushed = self.pipeline.close().await;
+        self.batches.closed.store(true, Ordering::Release);
+        flushed
+    }
+}
+
+/// Batch sends, straight into the partitions' logs.
+pub(crate) struct NativeBatches {
+    engine: Arc<Engine>,
+    closed: AtomicBool,
+}
+
+impl NativeBatches {
+    /// Refuses a record no batch can hold, before it is queued with others.
+    fn check_record(&self, record: &Record) -> Result<()> {
+        let size = record.encoded_len();
+        let max = self.engine.config.max_record_bytes;
+        if size > max {
+            return Err(Error::invalid_input(format!(
+                "the record is {size} bytes, over the engine's max_record_bytes of {max}"
+            )));
+        }
+        let framed = crate::codec::encoded_record_len(record);
+        let limit = self.engine.max_batch_body();
+        if framed > limit {
+            return Err(Error::invalid_input(format!(
+                "the record takes {framed} bytes once framed ({} headers), above the engine's limit of {limit}",
+                record.headers.len(),
+            )));
+        }
+        Ok(())
+    }
+
     /// Every record's partition, after checking the whole batch (so a bad batch
     /// changes nothing).
     fn route(&self, stream: &StreamHandle, records: &[Record]) -> Result<Vec<u32>> {
@@ -65,7 +158,7 @@ async fn sync_written(log: Arc<PartitionLog>, end: u64) -> Result<()> {
     })
 }
 
-impl NativeProducer {
+impl NativeBatches {
     /// The common case of a send whose records all go to one partition (every
     /// single-record send): no regrouping.
     async fn send_to_one(
@@ -105,7 +198,7 @@ impl NativeProducer {
 }
 
 #[async_trait]
-impl Producer for NativeProducer {
+impl Producer for NativeBatches {
     async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(SendError::nothing_sent(Error::closed("producer"), records));
@@ -185,10 +278,15 @@ impl Producer for NativeProducer {
         tally.finish()
     }
 
+    /// Only [`NativeProducer`] hands records over, to its pipeline over this.
+    async fn enqueue(&self, _stream: &str, _record: Record) -> Result<DeliveryHandle> {
+        Err(Error::new(
+            ErrorKind::Backend,
+            "native: the batch sender takes no handed-over records",
+        ))
+    }
+
     async fn flush(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::closed("producer"));
-        }
         self.engine.check_open()
     }
 

@@ -12,7 +12,6 @@ pub mod storage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use tributary_core::raw::BackendUrl;
 use tributary_core::raw::EngineConfig;
@@ -95,12 +94,12 @@ impl Backend for NativeBackend {
         Capabilities::durable_log(self.engine.config.max_record_bytes)
     }
 
-    async fn producer(&self, _config: ProducerConfig) -> Result<Box<dyn Producer>> {
+    async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
         self.engine.check_open()?;
-        Ok(Box::new(client::NativeProducer {
-            engine: self.engine.clone(),
-            closed: AtomicBool::new(false),
-        }))
+        Ok(Box::new(client::NativeProducer::new(
+            self.engine.clone(),
+            &config,
+        )?))
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {

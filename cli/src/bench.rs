@@ -3,8 +3,10 @@
 //!
 //! Each value starts with the microseconds since the run began at which its send
 //! started, so consumers in the same process measure end-to-end latency (send call →
-//! delivered by `poll`). Send latency is per `send` call (one batch).
+//! delivered by `poll`). Send latency is per `send` call (one batch), or with
+//! `--in-flight` per record, from hand-over to confirmation.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tributary::{Client, Consumer, ConsumerConfig, Producer, Record, StreamSpec};
+use tributary::{Client, Consumer, ConsumerConfig, DeliveryHandle, Producer, Record, StreamSpec};
 
 use crate::Io;
 use crate::error::CliError;
@@ -36,6 +38,11 @@ pub struct BenchArgs {
     /// Records per send call.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch_size: u64,
+    /// Records each producer hands over without waiting (`Producer::enqueue`) and has
+    /// not yet seen confirmed, at most; it then waits for the oldest. 0 (the default)
+    /// sends batches of --batch-size and waits for each (a closed loop).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub in_flight: u64,
     /// How long producers send (default 10s unless --count is given).
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "count")]
     pub duration: Option<Duration>,
@@ -75,6 +82,7 @@ struct Report {
     consumer_mode: &'static str,
     record_size: u64,
     batch_size: u64,
+    in_flight: u64,
     partitions: u32,
     keys: u32,
     produce: Throughput,
@@ -217,6 +225,7 @@ async fn measure(args: &BenchArgs, client: &Client, stream: &str, io: &mut Io) -
         stream: stream.to_owned(),
         record_size: usize::try_from(args.record_size).unwrap_or(8),
         batch_size: args.batch_size,
+        in_flight: args.in_flight,
         keys: args.keys,
         deadline: duration.map(|d| epoch + d),
         count: args.count,
@@ -285,6 +294,7 @@ async fn measure(args: &BenchArgs, client: &Client, stream: &str, io: &mut Io) -
         consumer_mode: if grouped { "group" } else { "broadcast" },
         record_size: args.record_size,
         batch_size: args.batch_size,
+        in_flight: args.in_flight,
         partitions: args.partitions,
         keys: args.keys,
         produce: Throughput {
@@ -380,6 +390,7 @@ struct Plan {
     stream: String,
     record_size: usize,
     batch_size: u64,
+    in_flight: u64,
     keys: u32,
     deadline: Option<Instant>,
     count: Option<u64>,
@@ -397,6 +408,7 @@ async fn produce(
     let filler = vec![b'x'; plan.record_size - 8];
     let mut sent = 0u64;
     let mut n = index as u64;
+    let mut in_flight: VecDeque<(Instant, DeliveryHandle)> = VecDeque::new();
     loop {
         if plan.deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -416,39 +428,79 @@ async fn produce(
         }
         let started = Instant::now();
         let micros = u64::try_from(started.duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
-        let records: Vec<Record> = (0..size)
-            .map(|_| {
-                let mut value = BytesMut::with_capacity(plan.record_size);
-                value.put_u64_le(micros);
-                value.put_slice(&filler);
-                let record = Record::new(value.freeze());
-                n += 1;
-                if plan.keys == 0 {
-                    record
-                } else {
-                    record.with_key(Bytes::from(format!("key-{}", n % u64::from(plan.keys))))
+        let records = (0..size).map(|_| {
+            let mut value = BytesMut::with_capacity(plan.record_size);
+            value.put_u64_le(micros);
+            value.put_slice(&filler);
+            let record = Record::new(value.freeze());
+            n += 1;
+            if plan.keys == 0 {
+                record
+            } else {
+                record.with_key(Bytes::from(format!("key-{}", n % u64::from(plan.keys))))
+            }
+        });
+        if plan.in_flight == 0 {
+            producer
+                .send(&plan.stream, records.collect())
+                .await
+                .map_err(|e| CliError::engine("sending", &e.error))?;
+            record_latency(&mut latency, started);
+            counters.produced.fetch_add(size, Ordering::SeqCst);
+        } else {
+            for record in records {
+                while in_flight.len() as u64 >= plan.in_flight {
+                    confirm_oldest(&mut in_flight, &mut latency, &counters).await?;
                 }
-            })
-            .collect();
-        producer
-            .send(&plan.stream, records)
-            .await
-            .map_err(|e| CliError::engine("sending", &e.error))?;
-        latency.saturating_record(
-            u64::try_from(started.elapsed().as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        );
+                let handle = producer
+                    .enqueue(&plan.stream, record)
+                    .await
+                    .map_err(|e| CliError::engine("handing a record over", &e))?;
+                in_flight.push_back((Instant::now(), handle));
+            }
+        }
+        // An engine in this process (memory) answers at once; let the consumers run
+        // (now and then only when handing over: a yield per record would hand the
+        // thread to the producer's own task after every record and defeat batching).
+        if plan.in_flight == 0 || sent / YIELD_EVERY != (sent + size) / YIELD_EVERY {
+            tokio::task::yield_now().await;
+        }
         sent += size;
-        counters.produced.fetch_add(size, Ordering::SeqCst);
-        // An engine in this process (memory) answers at once; let the consumers run.
-        tokio::task::yield_now().await;
+    }
+    while !in_flight.is_empty() {
+        confirm_oldest(&mut in_flight, &mut latency, &counters).await?;
     }
     producer
         .close()
         .await
         .map_err(|e| CliError::engine("closing a producer", &e))?;
     Ok(latency)
+}
+
+/// Records handed over between two yields to other tasks.
+const YIELD_EVERY: u64 = 1024;
+
+/// Waits for the oldest record handed over: its latency is from hand-over to
+/// confirmation.
+async fn confirm_oldest(
+    in_flight: &mut VecDeque<(Instant, DeliveryHandle)>,
+    latency: &mut Histogram<u64>,
+    counters: &Counters,
+) -> Result<(), CliError> {
+    if let Some((started, handle)) = in_flight.pop_front() {
+        handle.await.map_err(|e| CliError::engine("sending", &e))?;
+        record_latency(latency, started);
+        counters.produced.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+fn record_latency(latency: &mut Histogram<u64>, started: Instant) {
+    latency.saturating_record(
+        u64::try_from(started.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1),
+    );
 }
 
 async fn consume(
@@ -491,10 +543,15 @@ fn print_report(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(label) = &r.label {
         writeln!(out, "{label}")?;
     }
+    let sending = if r.in_flight == 0 {
+        format!("{} per send", r.batch_size)
+    } else {
+        format!("handed over one at a time, up to {} in flight", r.in_flight)
+    };
     writeln!(
         out,
-        "{} producers, {} consumers ({}), {} B records, {} per send, {} partitions, {} keys",
-        r.producers, r.consumers, r.consumer_mode, r.record_size, r.batch_size, r.partitions, r.keys
+        "{} producers, {} consumers ({}), {} B records, {sending}, {} partitions, {} keys",
+        r.producers, r.consumers, r.consumer_mode, r.record_size, r.partitions, r.keys
     )?;
     let line = |name: &str, t: &Throughput| {
         format!(

@@ -1,5 +1,6 @@
 //! `trib produce`: each line of standard input or a file becomes one record.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Args;
 use tokio::sync::mpsc;
-use tributary::{Client, ErrorKind, Producer, Record};
+use tributary::{Client, DeliveryHandle, Error, ProducerConfig, Record};
 
 use crate::Io;
 use crate::error::CliError;
@@ -35,9 +36,10 @@ pub struct ProduceArgs {
     /// Send at most this many records per second.
     #[arg(long, value_name = "RECORDS_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
-    /// Most records per send (lines waiting are sent together).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub batch: u64,
+    /// Most records per batch: lines are handed over to the producer one by one as they
+    /// come, and it batches them (the engine's own default when not given).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: Option<u64>,
 }
 
 /// One input line turned into a record, or why it could not be.
@@ -60,11 +62,7 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
         )),
         None => std::mem::replace(&mut io.stdin, Box::new(std::io::empty())),
     };
-    let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
-    let batch = args.rate.map_or(batch, |rate| {
-        batch.min(usize::try_from(rate / 20).unwrap_or(1).max(1))
-    });
-    let (lines_tx, mut lines) = mpsc::channel::<Line>(batch * 2);
+    let (lines_tx, mut lines) = mpsc::channel::<Line>(1024);
     let shape = Shape {
         key: args.key.clone().map(Bytes::from),
         key_field: args.key_field.as_deref().map(json_pointer),
@@ -76,49 +74,53 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
     };
     // Reading blocks; a thread of its own lets lines typed at a terminal go out at once.
     let reader = tokio::task::spawn_blocking(move || read_lines(input, &shape, &lines_tx));
+    let mut config = ProducerConfig::default();
+    if let Some(batch) = args.batch {
+        config = config.with_batch_records(usize::try_from(batch).unwrap_or(usize::MAX));
+    }
     let producer = client
-        .producer()
+        .producer_with(config)
         .await
         .map_err(|e| CliError::engine("opening a producer", &e))?;
     let started = Instant::now();
-    let mut produced = 0u64;
+    let mut confirmed = Confirmed::default();
+    let mut handed_over = 0u64;
     let mut failure = None;
-    while let Some(first) = lines.recv().await {
-        let mut records = Vec::with_capacity(batch);
-        let mut bad_line = None;
-        match first {
-            Ok(record) => records.push(record),
-            Err(why) => bad_line = Some(why),
-        }
-        while bad_line.is_none() && records.len() < batch {
-            match lines.try_recv() {
-                Ok(Ok(record)) => records.push(record),
-                Ok(Err(why)) => bad_line = Some(why),
-                Err(_) => break,
+    while let Some(line) = lines.recv().await {
+        let record = match line {
+            Ok(record) => record,
+            Err(why) => {
+                failure = Some(CliError::usage(why));
+                break;
             }
-        }
+        };
         if let Some(rate) = args.rate {
-            let due = started + Duration::from_secs_f64(produced as f64 / rate as f64);
+            let due = started + Duration::from_secs_f64(handed_over as f64 / rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let count = records.len() as u64;
-        if let Err(e) = send(&*producer, &args.stream, records).await {
-            failure = Some(e);
-            break;
+        match producer.enqueue(&args.stream, record).await {
+            Ok(handle) => confirmed.pending.push_back(handle),
+            Err(e) => {
+                failure = Some(CliError::engine(&format!("sending to {:?}", args.stream), &e));
+                break;
+            }
         }
-        produced += count;
-        if let Some(why) = bad_line {
-            failure = Some(CliError::usage(why));
+        handed_over += 1;
+        if let Err(e) = confirmed.collect_done(&args.stream) {
+            failure = Some(e);
             break;
         }
     }
     drop(lines);
     let closed = producer.close().await;
+    if let Err(e) = confirmed.wait_all(&args.stream).await {
+        failure.get_or_insert(e);
+    }
     let elapsed = started.elapsed().as_secs_f64();
     writeln!(
         io.stderr,
-        "produced {produced} records to {} in {elapsed:.2} s",
-        args.stream
+        "produced {} records to {} in {elapsed:.2} s",
+        confirmed.count, args.stream
     )
     .map_err(|e| CliError::io("writing standard error", &e))?;
     if let Some(failure) = failure {
@@ -132,33 +134,61 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
     closed.map_err(|e| CliError::engine("closing the producer", &e))
 }
 
-/// Sends one batch, resending what a retryable failure hands back.
-async fn send(producer: &dyn Producer, stream: &str, mut records: Vec<Record>) -> Result<(), CliError> {
-    let mut pause = Duration::from_millis(100);
-    for attempt in 1..=10 {
-        match producer.send(stream, records).await {
-            Ok(_) => return Ok(()),
-            Err(failed)
-                if failed.is_retryable() && failed.kind() != ErrorKind::Indeterminate && attempt < 10 =>
-            {
-                tracing::warn!(error = %failed.error, unsent = failed.unsent.len(), "send failed; retrying");
-                records = failed.unsent;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+/// The records handed over, in order, until each is confirmed. The first failure ends
+/// the run: a record cannot be resent behind the records of its key handed over after
+/// it (the engine already retried what it could).
+#[derive(Default)]
+struct Confirmed {
+    pending: VecDeque<DeliveryHandle>,
+    count: u64,
+    first_failure: Option<Error>,
+}
+
+impl Confirmed {
+    /// Takes in the outcomes already known, oldest first.
+    fn collect_done(&mut self, stream: &str) -> Result<(), CliError> {
+        while let Some(handle) = self.pending.front_mut() {
+            match handle.try_result() {
+                None => break,
+                Some(outcome) => {
+                    self.pending.pop_front();
+                    self.take(outcome);
+                }
             }
-            Err(failed) => {
-                return Err(CliError::engine(
-                    &format!(
-                        "sending to {stream:?} ({} of the batch confirmed, {} not)",
-                        failed.delivered.len(),
-                        failed.unsent.len()
-                    ),
-                    &failed.error,
-                ));
+        }
+        self.failed(stream)
+    }
+
+    /// Waits for every outcome.
+    async fn wait_all(&mut self, stream: &str) -> Result<(), CliError> {
+        while let Some(handle) = self.pending.pop_front() {
+            let outcome = handle.await;
+            self.take(outcome);
+        }
+        self.failed(stream)
+    }
+
+    fn take(&mut self, outcome: tributary::Result<tributary::Delivery>) {
+        match outcome {
+            Ok(_) => self.count += 1,
+            Err(e) => {
+                self.first_failure.get_or_insert(e);
             }
         }
     }
-    Ok(())
+
+    fn failed(&mut self, stream: &str) -> Result<(), CliError> {
+        match self.first_failure.take() {
+            None => Ok(()),
+            Some(e) => Err(CliError::engine(
+                &format!(
+                    "sending to {stream:?} ({} record(s) confirmed before this failure)",
+                    self.count
+                ),
+                &e,
+            )),
+        }
+    }
 }
 
 /// How a line becomes a record.

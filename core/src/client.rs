@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::capabilities::Capabilities;
+use crate::delivery::DeliveryHandle;
 use crate::error::Result;
 use crate::id::{Offset, PartitionId};
 use crate::record::{Delivery, Received, Record, StartFrom};
@@ -66,13 +67,31 @@ pub trait Producer: Send + Sync {
     /// Not cancel safe: dropping the future leaves it unknown which records were sent.
     async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError>;
 
-    /// Waits until every send started before this call has completed.
+    /// Hands one record over and returns as soon as it is queued, waiting only for
+    /// room in the producer's buffer (its `buffer_bytes`): the producer batches records
+    /// handed over by every caller (its `linger` and batch sizes) and sends them in the
+    /// background. The [`DeliveryHandle`] resolves to the record's delivery or to the
+    /// error that ended it; await it, poll it or drop it. Records with the same key
+    /// handed over one after another land in the same partition in that order.
+    ///
+    /// Dropping the producer without [`close`](Producer::close) still sends what was
+    /// handed over, and resolves its handles, as long as the runtime runs.
+    ///
+    /// # Errors
+    /// `Closed` after [`close`](Producer::close), `InvalidInput` for a record or stream
+    /// name the producer can refuse at once (other failures, such as `NotFound` for a
+    /// missing stream, reach the record's handle), `Unsupported` outside a tokio
+    /// runtime. Cancel safe: dropped before it returns, it has queued nothing.
+    async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle>;
+
+    /// Waits until every send started and every record handed over before this call
+    /// has completed (failures of handed-over records reach their handles).
     ///
     /// # Errors
     /// `Closed`, or the engine's error. Cancel safe: dropping it stops waiting only.
     async fn flush(&self) -> Result<()>;
 
-    /// Flushes, then refuses further sends with `Closed`. Idempotent.
+    /// Refuses further sends and records with `Closed`, then flushes. Idempotent.
     ///
     /// # Errors
     /// As [`flush`](Producer::flush). Cancel safe once the producer is marked closed.
@@ -239,18 +258,60 @@ impl ConsumerConfig {
     }
 }
 
-/// Settings of a producer that every backend understands.
+/// Settings of a producer that every backend understands. The batching settings apply
+/// to records handed over with [`Producer::enqueue`]; unset, each engine uses its own
+/// defaults (listed in its config's documentation).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ProducerConfig {
     /// A name for this producer in the engine's logs and metrics, where it has any.
+    #[serde(default)]
     pub client_id: Option<String>,
+    /// How long a handed-over record may wait for others to fill its batch (Kafka's
+    /// `linger.ms`, the KPL's `RecordMaxBufferedTime`).
+    #[serde(default, with = "humantime_serde")]
+    pub linger: Option<Duration>,
+    /// Records in one batch, at most (Kafka's `batch.num.messages`).
+    #[serde(default)]
+    pub batch_records: Option<usize>,
+    /// Bytes in one batch, at most (Kafka's `batch.size`).
+    #[serde(default)]
+    pub batch_bytes: Option<usize>,
+    /// Bytes handed over and not yet confirmed, at most: beyond it `enqueue` waits
+    /// (Kafka's `buffer.memory`, librdkafka's `queue.buffering.max.kbytes`).
+    #[serde(default)]
+    pub buffer_bytes: Option<usize>,
 }
 
 impl ProducerConfig {
     /// Sets the client id.
     pub fn with_client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
+        self
+    }
+
+    /// Sets how long a handed-over record may wait for others to fill its batch.
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = Some(linger);
+        self
+    }
+
+    /// Sets the most records in one batch.
+    pub fn with_batch_records(mut self, records: usize) -> Self {
+        self.batch_records = Some(records);
+        self
+    }
+
+    /// Sets the most bytes in one batch.
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets the most bytes handed over and not yet confirmed.
+    pub fn with_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.buffer_bytes = Some(bytes);
         self
     }
 }

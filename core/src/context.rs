@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
 use crate::client::{Admin, Backend, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use crate::delivery::DeliveryHandle;
 use crate::error::{Error, Result};
 use crate::id::{Offset, PartitionId};
 use crate::record::{Delivery, Received, Record, StartFrom};
@@ -81,6 +82,12 @@ impl Producer for NamedProducer {
             e.error = e.error.in_operation(self.engine, "send");
             e
         })
+    }
+    async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
+        match self.inner.enqueue(stream, record).await {
+            Ok(handle) => Ok(handle.in_operation(self.engine, "send")),
+            Err(e) => Err(e.in_operation(self.engine, "enqueue")),
+        }
     }
     async fn flush(&self) -> Result<()> {
         self.inner

@@ -139,6 +139,18 @@ impl Error {
         self
     }
 
+    /// A copy for one more of the records an error ended (kind, message, retryability
+    /// and context; the source stays with the original, which the first record gets).
+    pub(crate) fn copy_for_another(&self) -> Error {
+        Error {
+            kind: self.kind,
+            message: self.message.clone(),
+            retryable: self.retryable,
+            source: None,
+            context: self.context.clone(),
+        }
+    }
+
     /// The engine the error arose in, when named (see [`Error::in_operation`]).
     pub fn engine(&self) -> Option<&'static str> {
         self.context.as_ref().map(|c| c.engine)

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::Capabilities;
 use crate::client::{Admin, Backend, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use crate::delivery::DeliveryHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{Offset, PartitionId};
 use crate::record::{Delivery, Received, Record, StartFrom};
@@ -135,6 +136,9 @@ macro_rules! forward_producer {
         impl<T: Producer + ?Sized> Producer for $ty {
             async fn send(&self, stream: &str, records: Vec<Record>) -> Result<Vec<Delivery>, SendError> {
                 (**self).send(stream, records).await
+            }
+            async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
+                (**self).enqueue(stream, record).await
             }
             async fn flush(&self) -> Result<()> {
                 (**self).flush().await

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
 use crate::client::{Admin, Backend, Consumer, ConsumerConfig, Producer, ProducerConfig};
+use crate::delivery::DeliveryHandle;
 use crate::error::{Error, Result};
 use crate::id::{Offset, PartitionId};
 use crate::record::{Delivery, Received, Record, StartFrom};
@@ -197,6 +198,13 @@ impl Producer for RetryProducer {
         }
     }
 
+    /// Handed over as it is: the engine's pipeline retries what it can (Kafka until
+    /// its delivery timeout, Kinesis its refused entries), and a record whose handle
+    /// failed cannot be resent behind the records of its key handed over since.
+    async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
+        self.inner.enqueue(stream, record).await
+    }
+
     async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }
@@ -325,6 +333,9 @@ mod tests {
                 delivered,
                 unsent,
             })
+        }
+        async fn enqueue(&self, _: &str, _: Record) -> Result<DeliveryHandle> {
+            Err(Error::unsupported("not scripted"))
         }
         async fn flush(&self) -> Result<()> {
             Ok(())

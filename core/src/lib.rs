@@ -7,6 +7,7 @@ mod capabilities;
 mod client;
 mod context;
 mod deadline;
+mod delivery;
 mod engine;
 mod error;
 mod ext;
@@ -15,6 +16,7 @@ mod id;
 mod layer;
 mod memory;
 mod partitioner;
+mod pipeline;
 mod record;
 mod routing;
 mod send;
@@ -25,6 +27,7 @@ pub use capabilities::Capabilities;
 pub use client::{Admin, Backend, Consumer, ConsumerConfig, ConsumerMode, Producer, ProducerConfig};
 #[cfg(feature = "mock")]
 pub use client::{MockAdmin, MockBackend, MockConsumer, MockProducer};
+pub use delivery::DeliveryHandle;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ext::{ConsumerExt, ProducerExt};
 pub use id::{Offset, PartitionId, Timestamp};
@@ -47,6 +50,7 @@ pub mod raw {
     pub use crate::client::validate_group_name;
     pub use crate::context::Named;
     pub use crate::deadline::deadline_after;
+    pub use crate::delivery::DeliverySender;
     pub use crate::engine::EngineConfig;
     /// Consumer groups coordinated inside one process, for engines without a broker to
     /// do it: membership, safe handoff, commit on revoke, fencing, members' cursors.
@@ -54,6 +58,7 @@ pub mod raw {
         pub use crate::group::*;
     }
     pub use crate::partitioner::{murmur2, partition_for_key};
+    pub use crate::pipeline::{Pipeline, PipelineSettings};
     pub use crate::routing::{Routes, route_batch};
     pub use crate::send::SendTally;
     pub use crate::stream::validate_stream_name;

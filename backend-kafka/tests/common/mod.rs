@@ -117,6 +117,69 @@ pub(crate) async fn produce(
     ledger
 }
 
+/// Hands records over one at a time (`Producer::enqueue`) over `keys` keys, with up to
+/// `in_flight` unconfirmed, until `done` says so; closes the producer. Nothing is resent:
+/// a record whose handle failed cannot be resent behind later records of its key.
+#[allow(dead_code, reason = "the cluster test sends batches only")]
+pub(crate) async fn hand_over(
+    producer: Box<dyn Producer>,
+    topic: &str,
+    keys: u64,
+    in_flight: usize,
+    done: impl Fn(&Ledger) -> bool,
+) -> Ledger {
+    let mut ledger = Ledger::default();
+    let mut pending = std::collections::VecDeque::new();
+    let mut seq = 0u64;
+    while !done(&ledger) {
+        seq += 1;
+        let value = format!("k{}:{seq:08}", seq % keys);
+        ledger.attempted += 1;
+        let handle = producer
+            .enqueue(topic, record(&value, 1))
+            .await
+            .expect("handed over");
+        pending.push_back((value, handle));
+        while pending.len() > in_flight
+            || pending
+                .front_mut()
+                .is_some_and(|(_, h): &mut (String, tributary_core::DeliveryHandle)| h.is_done())
+        {
+            let Some((value, handle)) = pending.pop_front() else {
+                break;
+            };
+            settle(&mut ledger, value, handle.await);
+        }
+        if seq.is_multiple_of(1000) {
+            // Let the chaos task look at the ledger's progress.
+            tokio::task::yield_now().await;
+        }
+    }
+    for (value, handle) in pending {
+        settle(&mut ledger, value, handle.await);
+    }
+    producer.close().await.unwrap();
+    ledger
+}
+
+#[allow(dead_code, reason = "the cluster test sends batches only")]
+fn settle(ledger: &mut Ledger, value: String, outcome: tributary_core::Result<tributary_core::Delivery>) {
+    match outcome {
+        Ok(d) => {
+            let at = (d.partition.index().unwrap(), d.offset.as_u64().unwrap());
+            ledger.note(&value, format!("handed over: delivered at {at:?}"));
+            ledger.acked.insert(value, at);
+        }
+        Err(e) => {
+            *ledger.errors.entry(format!("{:?}", e.kind())).or_default() += 1;
+            ledger.note(&value, format!("handed over: failed: {:?}: {e}", e.kind()));
+            if e.kind() == ErrorKind::Indeterminate {
+                ledger.maybe.insert(value);
+            }
+        }
+    }
+}
+
 /// A record read back: where it is and which send attempt wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Copy {

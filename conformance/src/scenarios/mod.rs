@@ -6,6 +6,7 @@ mod commits;
 mod errors;
 mod groups;
 mod ordering;
+mod pipeline;
 mod reading;
 mod records;
 
@@ -21,6 +22,7 @@ pub use commits::*;
 pub use errors::*;
 pub use groups::*;
 pub use ordering::*;
+pub use pipeline::*;
 pub use reading::*;
 pub use records::*;
 

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use super::state::{Engine, StoredRecord};
 use crate::client::Producer;
+use crate::delivery::DeliveryHandle;
 use crate::error::{Error, Result};
 use crate::id::{Offset, PartitionId, Timestamp};
 use crate::record::{Delivery, Record};
@@ -73,6 +74,20 @@ impl Producer for MemoryProducer {
         }
         log.notify.notify_waiters();
         Ok(deliveries)
+    }
+
+    /// Written at once, like a send of one record: the handle is resolved on return.
+    async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
+        match self.send(stream, vec![record]).await {
+            Ok(mut deliveries) => Ok(DeliveryHandle::ready(deliveries.pop().ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::Backend,
+                    "the memory engine confirmed a send without a delivery",
+                )
+            }))),
+            Err(e) if e.kind() == crate::ErrorKind::Closed => Err(e.error),
+            Err(e) => Ok(DeliveryHandle::ready(Err(e.error))),
+        }
     }
 
     async fn flush(&self) -> Result<()> {
