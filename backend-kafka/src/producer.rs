@@ -94,6 +94,45 @@ impl KafkaProducer {
             .ok_or_else(|| Error::closed("producer"))
     }
 
+    /// Whether `record` needs none of `check_batch`'s lookups: a topic seen to exist
+    /// recently (so its name was checked), no chosen partition, within the size limit.
+    /// The common case of `enqueue`, kept to one lock and one clock read.
+    fn recently_checked(&self, topic: &str, record: &Record) -> bool {
+        record.partition.is_none()
+            && record.encoded_len() <= self.config.max_record_bytes
+            && self
+                .topics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(topic)
+                .is_some_and(|(_, at)| at.elapsed() < self.config.metadata_refresh)
+    }
+
+    /// Queues `record` once librdkafka's queue has room (`buffer_bytes`), looking again
+    /// soon, then less often the longer it stays full (at most every 10 ms): librdkafka
+    /// signals no room. The outer error is `Closed` if the producer closes meanwhile;
+    /// the inner one a refusal of the record.
+    async fn queue_when_room(
+        &self,
+        producer: &Client,
+        stream: &str,
+        record: &Record,
+    ) -> Result<std::result::Result<DeliveryFuture, Error>> {
+        let mut pause = Duration::from_micros(100);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::closed("producer"));
+            }
+            match producer.send_result(future_record(stream, record)) {
+                Ok(delivery) => return Ok(Ok(delivery)),
+                Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {}
+                Err((e, _)) => return Ok(Err(queue_refusal(e))),
+            }
+        }
+    }
+
     /// The partition count of a topic, from a short-lived cache or the brokers.
     async fn partitions(&self, topic: &str, refresh: bool) -> Result<u32> {
         let fresh_for = self.config.metadata_refresh;
@@ -193,11 +232,16 @@ const DEFAULT_BATCH_RECORDS: usize = 10_000;
 const DEFAULT_BATCH_BYTES: usize = 1_000_000;
 /// Kafka's Java producer's `buffer.memory` default (librdkafka's is 1 GiB).
 const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
-/// Records librdkafka may queue: high, so that `buffer_bytes` is the bound.
-const MAX_QUEUED_RECORDS: &str = "10000000";
+/// What one record queued in librdkafka costs besides its key and value, which are
+/// all that `queue.buffering.max.kbytes` counts: librdkafka's message, the delivery
+/// channel and the handle. Measured: 2,000,000 records of 100 B handed over to a
+/// stalled broker held ~700 B each in all. `queue.buffering.max.messages` is set to
+/// `buffer_bytes` / this, so that small records too stay within the buffer.
+const RECORD_OVERHEAD: usize = 640;
 
 /// The batching settings as librdkafka's: `linger.ms`, `batch.num.messages`,
-/// `batch.size` and `queue.buffering.max.kbytes` (rounded up). The engine's own settings
+/// `batch.size`, `queue.buffering.max.kbytes` (rounded up) and
+/// `queue.buffering.max.messages` (the buffer over [`RECORD_OVERHEAD`]). The engine's own settings
 /// (`linger` and `librdkafka.*` in the URL) give way to the producer's where it sets one.
 fn apply_settings(client_config: &mut ClientConfig, settings: &PipelineSettings, producer: &ProducerConfig) {
     if producer.linger.is_some() {
@@ -219,8 +263,9 @@ fn apply_settings(client_config: &mut ClientConfig, settings: &PipelineSettings,
         producer.buffer_bytes.map(|b| b.div_ceil(1024)),
         settings.buffer_bytes.div_ceil(1024),
     );
-    if client_config.get("queue.buffering.max.messages").is_none() {
-        client_config.set("queue.buffering.max.messages", MAX_QUEUED_RECORDS);
+    if producer.buffer_bytes.is_some() || client_config.get("queue.buffering.max.messages").is_none() {
+        let records = (settings.buffer_bytes / RECORD_OVERHEAD).clamp(1, 10_000_000);
+        client_config.set("queue.buffering.max.messages", records.to_string());
     }
 }
 
@@ -440,7 +485,10 @@ impl Producer for KafkaProducer {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed("producer"));
         }
-        if let Err(e) = self.check_batch(stream, std::slice::from_ref(&record)).await {
+        // The slow paths are boxed so that the common one stays a small future.
+        if !self.recently_checked(stream, &record)
+            && let Err(e) = Box::pin(self.check_batch(stream, std::slice::from_ref(&record))).await
+        {
             let e = self.auth.explain(e);
             return match e.kind() {
                 ErrorKind::InvalidInput | ErrorKind::Closed => Err(e),
@@ -448,23 +496,15 @@ impl Producer for KafkaProducer {
             };
         }
         let producer = self.usable()?;
-        let mut queued = future_record(stream, &record);
-        let mut pause = Duration::from_micros(100);
-        let delivery = loop {
-            match producer.send_result(queued) {
-                Ok(delivery) => break delivery,
-                Err((e, returned)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    // librdkafka has no signal for room: look again soon, less often
-                    // the longer it stays full (at most every 10 ms).
-                    queued = returned;
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(10));
-                    if self.closed.load(Ordering::Acquire) {
-                        return Err(Error::closed("producer"));
-                    }
+        let delivery = match producer.send_result(future_record(stream, &record)) {
+            Ok(delivery) => delivery,
+            Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                match Box::pin(self.queue_when_room(&producer, stream, &record)).await? {
+                    Ok(delivery) => delivery,
+                    Err(refused) => return Ok(DeliveryHandle::ready(Err(refused))),
                 }
-                Err((e, _)) => return Ok(DeliveryHandle::ready(Err(queue_refusal(e)))),
             }
+            Err((e, _)) => return Ok(DeliveryHandle::ready(Err(queue_refusal(e)))),
         };
         drop(producer);
         Ok(DeliveryHandle::from_future(async move {

@@ -58,7 +58,7 @@ pub mod raw {
         pub use crate::group::*;
     }
     pub use crate::partitioner::{murmur2, partition_for_key};
-    pub use crate::pipeline::{Pipeline, PipelineSettings};
+    pub use crate::pipeline::{Pipeline, PipelineSettings, RECORD_OVERHEAD};
     pub use crate::routing::{Routes, route_batch};
     pub use crate::send::SendTally;
     pub use crate::stream::validate_stream_name;

@@ -45,7 +45,8 @@ pub struct PipelineSettings {
     pub batch_records: usize,
     /// Bytes ([`Record::encoded_len`]) in one batch, at most (a larger record goes alone).
     pub batch_bytes: usize,
-    /// Bytes handed over and not yet confirmed, at most: `enqueue` waits for room.
+    /// Bytes handed over and not yet confirmed, at most, each record counting its
+    /// [`Record::encoded_len`] plus [`RECORD_OVERHEAD`]: `enqueue` waits for room.
     pub buffer_bytes: usize,
 }
 
@@ -108,6 +109,10 @@ impl PipelineSettings {
         Ok(())
     }
 }
+
+/// What one queued record costs besides its bytes (its queue entry, handle and
+/// channel), counted against `buffer_bytes` so that the bound holds for small records.
+pub const RECORD_OVERHEAD: usize = 256;
 
 /// The largest `buffer_bytes`: what a semaphore can count, rounded down to 1 TiB.
 const MAX_BUFFER_BYTES: usize = 1 << 40;
@@ -226,7 +231,7 @@ impl Shared {
 
     fn permits_for(&self, size: usize) -> u32 {
         // A record larger than the whole buffer waits for all of it and goes alone.
-        let permits = size.clamp(1, self.settings.buffer_bytes);
+        let permits = (size + RECORD_OVERHEAD).min(self.settings.buffer_bytes);
         u32::try_from(permits).unwrap_or(u32::MAX)
     }
 }
@@ -720,8 +725,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_buffer_makes_enqueue_wait_until_a_batch_completes() {
         let recorder = Recorder::new();
-        // Records of 40 bytes, 100 bytes of buffer: two fit.
-        let pipeline = Pipeline::new(recorder.clone(), settings(0, 100, 100));
+        // Records of 40 bytes (296 with the overhead), 700 bytes of buffer: two fit.
+        let pipeline = Pipeline::new(recorder.clone(), settings(0, 100, 700));
         let value = "x".repeat(40);
         let stalled = recorder.gate.write().await;
         let first = pipeline.enqueue("s", Record::new(value.clone())).await.unwrap();
