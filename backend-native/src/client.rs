@@ -16,13 +16,15 @@ use tributary_core::{
 };
 
 use crate::blocking::blocking;
+use crate::coalesce::Appended;
 use crate::config::Durability;
 use crate::engine::{Engine, StreamHandle};
 use crate::log::PartitionLog;
 
-/// The producer: batch sends written at once, and records handed over one at a time
-/// coalesced by a [`Pipeline`] into one append per partition per batch (so one
-/// `write()`, and in `sync` mode one fdatasync, covers every record queued meanwhile).
+/// The producer: batch sends written at once (concurrent sends to one partition in one
+/// append, see [`crate::coalesce`]), and records handed over one at a time coalesced
+/// by a [`Pipeline`] into one append per partition per batch (so one `write()`, and in
+/// `sync` mode one fdatasync, covers every record queued meanwhile).
 pub(crate) struct NativeProducer {
     batches: Arc<NativeBatches>,
     pipeline: Pipeline,
@@ -72,6 +74,19 @@ impl Producer for NativeProducer {
     async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
         validate_stream_name(stream)?;
         self.batches.check_record(&record)?;
+        if let Some(chosen) = &record.partition {
+            // Refused here rather than in its batch, which would be resent singly.
+            let partitions = match self.batches.engine.stream(stream) {
+                Ok(handle) => handle.partition_count(),
+                Err(e) => return Ok(DeliveryHandle::ready(Err(e))),
+            };
+            if chosen.index().is_none_or(|p| p >= partitions) {
+                return Err(Error::invalid_input(format!(
+                    "the record targets partition {chosen}, but stream {stream:?} has partitions 0 to {}",
+                    partitions.saturating_sub(1)
+                )));
+            }
+        }
         self.pipeline.enqueue(stream, record).await
     }
 
@@ -160,20 +175,26 @@ async fn sync_written(log: Arc<PartitionLog>, end: u64) -> Result<()> {
 
 impl NativeBatches {
     /// The common case of a send whose records all go to one partition (every
-    /// single-record send): no regrouping.
+    /// single-record send): no regrouping, and appended together with concurrent
+    /// sends to the partition (see [`crate::coalesce`]).
     async fn send_to_one(
         &self,
         stream: &StreamHandle,
         p: u32,
         records: Vec<Record>,
-        now: Timestamp,
     ) -> Result<Vec<Delivery>, SendError> {
-        let Some((log, id)) = stream.partition(p) else {
+        let Some((log, id, appends)) = stream.partition(p) else {
             let e = Error::new(ErrorKind::Backend, format!("partition {p} vanished"));
             return Err(SendError::nothing_sent(e, records));
         };
-        let base = match log.append(&records, now) {
-            Ok(base) => base,
+        let (appended, records) = appends
+            .append(records, |records| {
+                let now = Timestamp::now();
+                log.append(records, now).map(|base| Appended { base, now })
+            })
+            .await;
+        let Appended { base, now } = match appended {
+            Ok(appended) => appended,
             Err(e) => return Err(SendError::nothing_sent(e, records)),
         };
         stream.notify.notify_waiters();
@@ -211,12 +232,12 @@ impl Producer for NativeBatches {
             Ok(r) => r,
             Err(e) => return Err(SendError::nothing_sent(e, records)),
         };
-        let now = Timestamp::now();
         if let Some(&p) = routes.first()
             && routes.iter().all(|r| *r == p)
         {
-            return self.send_to_one(&handle, p, records, now).await;
+            return self.send_to_one(&handle, p, records).await;
         }
+        let now = Timestamp::now();
         // Records of each partition, in the caller's order, with their batch indexes.
         let mut by_partition: std::collections::BTreeMap<u32, (Vec<usize>, Vec<Record>)> = Default::default();
         let mut slots: Vec<Option<Record>> = records.into_iter().map(Some).collect();

@@ -23,6 +23,7 @@ use tributary_core::raw::validate_stream_name;
 use tributary_core::{Error, ErrorKind, Result, Timestamp};
 
 use crate::blocking::blocking;
+use crate::coalesce::Coalescer;
 use crate::config::{Durability, NativeConfig};
 use crate::log::{LogConfig, PartitionLog, RecoveryReport};
 use crate::offsets::OffsetStore;
@@ -87,6 +88,8 @@ pub(crate) struct Partition {
     /// Its id, made once (deliveries and records carry clones).
     pub id: tributary_core::PartitionId,
     pub log: Arc<PartitionLog>,
+    /// Concurrent sends to it, appended together.
+    pub appends: Arc<Coalescer>,
     /// When it was created or loaded: partitions newer than a consumer are read from
     /// their start.
     pub created: Instant,
@@ -119,11 +122,14 @@ impl StreamHandle {
         self.partitions().get(p as usize).map(|part| part.log.clone())
     }
 
-    /// The log and id of partition `p`.
-    pub(crate) fn partition(&self, p: u32) -> Option<(Arc<PartitionLog>, tributary_core::PartitionId)> {
+    /// The log, id and group append of partition `p`.
+    pub(crate) fn partition(
+        &self,
+        p: u32,
+    ) -> Option<(Arc<PartitionLog>, tributary_core::PartitionId, Arc<Coalescer>)> {
         self.partitions()
             .get(p as usize)
-            .map(|part| (part.log.clone(), part.id.clone()))
+            .map(|part| (part.log.clone(), part.id.clone(), part.appends.clone()))
     }
 }
 
@@ -321,6 +327,7 @@ impl Engine {
             partitions.push(Partition {
                 id: tributary_core::PartitionId::from_index(p),
                 log: Arc::new(log),
+                appends: Arc::default(),
                 created: Instant::now(),
             });
         }
@@ -546,6 +553,7 @@ impl Engine {
             opened.push(Partition {
                 id: tributary_core::PartitionId::from_index(p),
                 log: Arc::new(log),
+                appends: Arc::default(),
                 created: Instant::now(),
             });
         }
@@ -654,6 +662,7 @@ impl Engine {
             partitions.push(Partition {
                 id: tributary_core::PartitionId::from_index(p),
                 log: Arc::new(log),
+                appends: Arc::default(),
                 created: Instant::now(),
             });
         }

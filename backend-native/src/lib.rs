@@ -2,6 +2,7 @@
 
 mod blocking;
 mod client;
+mod coalesce;
 mod codec;
 mod config;
 mod engine;

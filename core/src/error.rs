@@ -139,9 +139,10 @@ impl Error {
         self
     }
 
-    /// A copy for one more of the records an error ended (kind, message, retryability
-    /// and context; the source stays with the original, which the first record gets).
-    pub(crate) fn copy_for_another(&self) -> Error {
+    /// A copy for one more of the records or callers an error ended: kind, message,
+    /// retryability and context. The source stays with the original (sources are not
+    /// `Clone`), which the first of them gets.
+    pub fn copy_for_another(&self) -> Error {
         Error {
             kind: self.kind,
             message: self.message.clone(),
