@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tributary_core::raw::{validate_group_name, validate_stream_name};
 use tributary_core::{
-    Consumer, ConsumerConfig, DeliveryHandle, Error, ErrorKind, Producer, ProducerConfig, Received, Record,
-    Result, StartFrom, Timestamp,
+    Bytes, Consumer, ConsumerConfig, DeliveryHandle, Error, ErrorKind, Producer, ProducerConfig, Received,
+    Record, Result, StartFrom, Timestamp,
 };
 
 use crate::client::Client;
@@ -335,23 +335,31 @@ async fn confirm(
     let mut resent = 0u64;
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=options.send_attempts {
-        let mut failed = Vec::new();
+        let mut confirmed = Vec::with_capacity(positions.len());
         let mut last_error = None;
-        for (position, handle) in positions.iter().zip(handles) {
-            if let Err(e) = handle.await {
-                // An unknown outcome is resent too: at-least-once, and `resent` says how
-                // many records may now be at the destination twice.
-                let resendable = e.is_retryable() || e.kind() == ErrorKind::Indeterminate;
-                if !resendable || attempt == options.send_attempts {
-                    return Err(with_context(e, "destination", &options.destination_stream));
+        for handle in handles {
+            match handle.await {
+                Ok(_) => confirmed.push(true),
+                Err(e) => {
+                    // An unknown outcome is resent too: at-least-once, and `resent` says
+                    // how many records may now be at the destination twice.
+                    let resendable = e.is_retryable() || e.kind() == ErrorKind::Indeterminate;
+                    if !resendable || attempt == options.send_attempts {
+                        return Err(with_context(e, "destination", &options.destination_stream));
+                    }
+                    confirmed.push(false);
+                    last_error = Some(e);
                 }
-                failed.push(*position);
-                last_error = Some(e);
             }
         }
         let Some(error) = last_error else {
             return Ok(resent);
         };
+        let keys: Vec<Option<&Bytes>> = positions.iter().map(|&i| batch[i].key.as_ref()).collect();
+        let failed: Vec<usize> = to_resend(&keys, &confirmed)
+            .into_iter()
+            .map(|k| positions[k])
+            .collect();
         tracing::warn!(%error, unsent = failed.len(), attempt, "mirror send failed; resending what was not confirmed");
         resent += failed.len() as u64;
         tokio::time::sleep(pause).await;
@@ -360,6 +368,26 @@ async fn confirm(
         positions = failed;
     }
     Ok(resent)
+}
+
+/// Which of the records handed over together (their keys, and whether each was
+/// confirmed) to hand over again: every unconfirmed one and, for a key, every record
+/// after its first unconfirmed one, confirmed or not, so that the key's records reach
+/// the destination again in order (an engine may confirm a later record of a key after
+/// an earlier one failed). Keyless records promise no order: only the unconfirmed go.
+fn to_resend(keys: &[Option<&Bytes>], confirmed: &[bool]) -> Vec<usize> {
+    let mut failed_keys = std::collections::HashSet::new();
+    let mut again = Vec::new();
+    for (i, (key, &ok)) in keys.iter().zip(confirmed).enumerate() {
+        let behind_a_failure = key.is_some_and(|k| failed_keys.contains(k));
+        if !ok || behind_a_failure {
+            if let Some(k) = key {
+                failed_keys.insert(*k);
+            }
+            again.push(i);
+        }
+    }
+    again
 }
 
 /// The record to write for one read: same key, value, headers and timestamp; the
@@ -385,4 +413,23 @@ fn with_context(e: Error, side: &str, stream: &str) -> Error {
         .with_retryable(e.is_retryable())
         .with_context_of(&e)
         .with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keys_records_after_its_first_failure_go_again_even_if_confirmed() {
+        let (a, b) = (Bytes::from("a"), Bytes::from("b"));
+        let keys = [Some(&a), Some(&b), Some(&a), None, Some(&b), None, Some(&a)];
+        let confirmed = [true, true, false, true, true, false, true];
+        assert_eq!(to_resend(&keys, &confirmed), vec![2, 5, 6]);
+    }
+
+    #[test]
+    fn nothing_goes_again_when_everything_was_confirmed() {
+        let a = Bytes::from("a");
+        assert!(to_resend(&[Some(&a), None], &[true, true]).is_empty());
+    }
 }

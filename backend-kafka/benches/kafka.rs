@@ -49,7 +49,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The producer settings tributary-kafka uses, for the raw client.
+/// The producer settings tributary-kafka uses, for the raw client: the same memory
+/// bound too (its default 32 MiB buffer becomes `queue.buffering.max.kbytes` and, at
+/// 640 B counted per record, `queue.buffering.max.messages`), so that both queue as
+/// many records at most.
 fn raw_producer(bootstrap: &str, linger_ms: u64) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -58,6 +61,8 @@ fn raw_producer(bootstrap: &str, linger_ms: u64) -> FutureProducer {
         .set("partitioner", "murmur2_random")
         .set("linger.ms", linger_ms.to_string())
         .set("message.max.bytes", "1001024")
+        .set("queue.buffering.max.kbytes", (32 * 1024).to_string())
+        .set("queue.buffering.max.messages", ((32 << 20) / 640).to_string())
         .create()
         .unwrap()
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -31,6 +31,10 @@ pub struct KafkaProducer {
     producer: Mutex<Option<Arc<Client>>>,
     auth: Arc<AuthWatch>,
     closed: AtomicBool,
+    /// Held (shared) while a record is checked against `closed` and queued, and taken
+    /// (exclusive) by `close` after setting it: a record queued concurrently is queued
+    /// before close flushes, or refused.
+    queueing: RwLock<()>,
     /// How many times a fatal error replaced the librdkafka producer.
     replaced: std::sync::atomic::AtomicU64,
     /// Partition counts of topics recently seen to exist, and when.
@@ -74,6 +78,7 @@ impl KafkaProducer {
             client_config,
             producer: Mutex::new(Some(producer)),
             closed: AtomicBool::new(false),
+            queueing: RwLock::new(()),
             replaced: std::sync::atomic::AtomicU64::new(0),
             topics: Mutex::new(HashMap::new()),
         })
@@ -122,6 +127,7 @@ impl KafkaProducer {
         loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(10));
+            let _queueing = self.queueing.read().unwrap_or_else(PoisonError::into_inner);
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::closed("producer"));
             }
@@ -496,7 +502,13 @@ impl Producer for KafkaProducer {
             };
         }
         let producer = self.usable()?;
-        let delivery = match producer.send_result(future_record(stream, &record)) {
+        let queueing = self.queueing.read().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer"));
+        }
+        let queued = producer.send_result(future_record(stream, &record));
+        drop(queueing);
+        let delivery = match queued {
             Ok(delivery) => delivery,
             Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                 match Box::pin(self.queue_when_room(&producer, stream, &record)).await? {
@@ -524,6 +536,8 @@ impl Producer for KafkaProducer {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
+        // Records being queued now go in before the flush below looks.
+        drop(self.queueing.write().unwrap_or_else(PoisonError::into_inner));
         self.flush_all().await
     }
 }

@@ -106,6 +106,15 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
             }
         }
         handed_over += 1;
+        if confirmed.pending.len() > MAX_PENDING
+            && let Some(oldest) = confirmed.pending.pop_front()
+        {
+            // Handles resolve out of order across partitions: the oldest may wait on a
+            // partition that is away while the others resolve behind it. Waiting for it
+            // bounds what resolved handles hold, besides the producer's buffer.
+            let outcome = oldest.await;
+            confirmed.take(outcome);
+        }
         if let Err(e) = confirmed.collect_done(&args.stream) {
             failure = Some(e);
             break;
@@ -133,6 +142,9 @@ pub(crate) async fn run(args: ProduceArgs, client: Client, io: &mut Io) -> Resul
     })??;
     closed.map_err(|e| CliError::engine("closing the producer", &e))
 }
+
+/// Handles kept at most before the oldest is awaited.
+const MAX_PENDING: usize = 100_000;
 
 /// The records handed over, in order, until each is confirmed. The first failure ends
 /// the run: a record cannot be resent behind the records of its key handed over after

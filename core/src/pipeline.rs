@@ -124,8 +124,9 @@ const MAX_LINGER: Duration = Duration::from_secs(900);
 /// An engine keeps one per producer and answers `enqueue`, `flush` and `close` with it.
 /// Its task starts with the first `enqueue`, on the runtime of that call. Dropping the
 /// pipeline without `close` lets the task send everything already handed over (without
-/// lingering) and resolve every handle, then end; if the runtime stops first, the
-/// handles of records still in flight resolve to `Indeterminate`.
+/// lingering) and resolve every handle, then end. If the task's runtime stops first,
+/// the handles of records in flight resolve to `Indeterminate`, those still queued to
+/// `Unavailable` (never sent), and the next `enqueue` starts a task on its runtime.
 pub struct Pipeline {
     shared: Arc<Shared>,
 }
@@ -169,6 +170,9 @@ struct State {
     /// The pipeline was dropped: the task sends what is left, then ends.
     detached: bool,
     task_started: bool,
+    /// Permits taken by records handed over and not yet resolved (given back when they
+    /// are, or all at once if the task dies).
+    held_permits: usize,
 }
 
 /// One stream's records: queued in the order handed over, and the batch in flight.
@@ -294,6 +298,7 @@ impl Pipeline {
         }
         // From here the permits are released when the record is resolved.
         room.forget();
+        state.held_permits += permits as usize;
         let seq = state.next_seq;
         state.next_seq += 1;
         state.buffered_records += 1;
@@ -430,7 +435,9 @@ fn take_due(
         }
         lane.queued_bytes -= batch.bytes;
         // What is left has waited since the batch's records did: it is due by then.
-        lane.since = (!lane.queue.is_empty()).then_some(now);
+        if lane.queue.is_empty() {
+            lane.since = None;
+        }
         batches.push(batch);
     }
     (batches, next_due)
@@ -439,6 +446,7 @@ fn take_due(
 /// The pipeline's task: sends due batches, resolves their handles, and ends once the
 /// pipeline is dropped and everything handed over is resolved.
 async fn run(shared: Arc<Shared>) {
+    let _ends = TaskEnds(shared.clone());
     let mut sending = FuturesUnordered::new();
     loop {
         let (batches, next_due, finished) = {
@@ -469,26 +477,58 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Cleans up after the task however it ends. Ended early (its runtime shut down, or an
+/// engine's `send` panicked), it fails every queued record with `Unavailable` (none
+/// was sent; the handles of records in flight resolve `Indeterminate` as their
+/// senders drop), gives the buffer back and lets the next `enqueue` start a new task,
+/// so nothing waits for a task that is gone.
+struct TaskEnds(Arc<Shared>);
+
+impl Drop for TaskEnds {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        let permits = {
+            let mut state = shared.lock();
+            state.task_started = false;
+            let why = "the producer's pipeline stopped (its runtime shut down) before sending this record";
+            for (_, lane) in state.lanes.drain() {
+                for queued in lane.queue {
+                    queued.reply.resolve(Err(Error::new(ErrorKind::Unavailable, why)));
+                }
+            }
+            state.buffered_records = 0;
+            state.buffered_bytes = 0;
+            std::mem::take(&mut state.held_permits)
+        };
+        shared.room.add_permits(permits);
+        shared.progress.notify_waiters();
+    }
+}
+
 async fn sleep_until(due: Option<Instant>) {
     if let Some(due) = due {
         tokio::time::sleep_until(due).await;
     }
 }
 
-/// A sent batch, its handles resolved: what it held of the lane and the buffer, and
-/// the keys of its records that failed (not for bad input), with the error.
+/// A sent batch, its outcomes not yet given to its handles: what it held of the lane
+/// and the buffer, and the keys of its records that failed (not as bad records), with
+/// the error. [`complete`] takes the failed keys' queued records out of the lane before
+/// any handle resolves, so no one sees a failure while records queued behind it may
+/// still go out.
 struct Sent {
     stream: String,
     records: usize,
     bytes: usize,
     permits: usize,
+    outcomes: Vec<(DeliverySender, Result<Delivery>)>,
     failed_keys: HashSet<Bytes>,
     failure: Option<Error>,
 }
 
-/// Sends one batch and resolves its handles. A batch the engine refused whole as bad
-/// input is sent again record by record, so that a bad record fails its own handle
-/// and no other.
+/// Sends one batch and pairs each handle with its outcome. A batch the engine refused
+/// as bad input is sent again record by record (the records it confirmed aside), so
+/// that a bad record fails its own handle and no other.
 async fn send_batch(sender: Arc<dyn Producer>, batch: Batch) -> Sent {
     let Batch {
         stream,
@@ -498,41 +538,99 @@ async fn send_batch(sender: Arc<dyn Producer>, batch: Batch) -> Sent {
         permits,
     } = batch;
     let count = replies.len();
-    let mut failed_keys = HashSet::new();
-    let mut failure = None;
-    match sender.send(&stream, records).await {
-        Ok(deliveries) => resolve_all(replies, deliveries),
-        Err(SendError {
-            error,
-            delivered,
-            unsent,
-        }) if error.kind() == ErrorKind::InvalidInput && delivered.is_empty() && unsent.len() > 1 => {
-            drop(error);
-            for (record, reply) in unsent.into_iter().zip(replies) {
-                match sender.send(&stream, vec![record]).await {
-                    Ok(mut deliveries) => reply.resolve(deliveries.pop().ok_or_else(missing)),
-                    Err(e) => reply.resolve(Err(e.error)),
-                }
-            }
+    let mut failures = KeyFailures::default();
+    let outcomes = match sender.send(&stream, records).await {
+        Ok(deliveries) => pair_all(replies, deliveries),
+        Err(e)
+            if e.kind() == ErrorKind::InvalidInput
+                && e.unsent.len() > 1
+                && e.delivered.len() + e.unsent.len() == count =>
+        {
+            send_singly(&*sender, &stream, replies, e, &mut failures).await
         }
         Err(e) => {
-            if e.kind() != ErrorKind::InvalidInput {
-                failed_keys.extend(e.unsent.iter().filter_map(|r| r.key.clone()));
-                if !failed_keys.is_empty() {
-                    failure = Some(e.error.copy_for_another());
+            // Every unsent record's key: its queued records must not overtake it.
+            // A single record refused as bad input was never written, and its key's
+            // later records may go.
+            let one_bad = e.kind() == ErrorKind::InvalidInput && e.unsent.len() == 1;
+            if !one_bad {
+                for record in &e.unsent {
+                    failures.add(record.key.as_ref(), &e.error);
                 }
             }
-            resolve_failed(replies, e);
+            pair_failed(replies, e)
         }
-    }
+    };
     Sent {
         stream,
         records: count,
         bytes,
         permits,
-        failed_keys,
-        failure,
+        outcomes,
+        failed_keys: failures.keys,
+        failure: failures.first,
     }
+}
+
+/// Keys whose records failed in a batch, and the first such failure.
+#[derive(Default)]
+struct KeyFailures {
+    keys: HashSet<Bytes>,
+    first: Option<Error>,
+}
+
+impl KeyFailures {
+    fn add(&mut self, key: Option<&Bytes>, error: &Error) {
+        if let Some(key) = key {
+            self.keys.insert(key.clone());
+            self.first.get_or_insert_with(|| error.copy_for_another());
+        }
+    }
+
+    /// The error for a record of a failed key, not sent so as not to overtake it.
+    fn behind(&self, record: &Record) -> Option<Error> {
+        let key = record.key.as_ref()?;
+        let first = self.first.as_ref()?;
+        self.keys.contains(key).then(|| not_sent_behind(first))
+    }
+}
+
+/// The records of a batch refused as bad input, each sent on its own, in order, the
+/// confirmed ones aside; after a record fails (other than as a bad record), the later
+/// records of its key are not sent.
+async fn send_singly(
+    sender: &dyn Producer,
+    stream: &str,
+    replies: Vec<DeliverySender>,
+    refused: SendError,
+    failures: &mut KeyFailures,
+) -> Vec<(DeliverySender, Result<Delivery>)> {
+    let SendError {
+        delivered, unsent, ..
+    } = refused;
+    let (mut outcomes, unconfirmed) = split_confirmed(replies, delivered);
+    let mut unsent = unsent.into_iter();
+    for reply in unconfirmed {
+        let Some(record) = unsent.next() else {
+            outcomes.push((reply, Err(missing())));
+            continue;
+        };
+        if let Some(e) = failures.behind(&record) {
+            outcomes.push((reply, Err(e)));
+            continue;
+        }
+        let key = record.key.clone();
+        match sender.send(stream, vec![record]).await {
+            Ok(mut deliveries) => outcomes.push((reply, deliveries.pop().ok_or_else(missing))),
+            Err(e) => {
+                if e.kind() != ErrorKind::InvalidInput {
+                    failures.add(key.as_ref(), &e.error);
+                }
+                outcomes.push((reply, Err(e.error)));
+            }
+        }
+    }
+    outcomes
 }
 
 fn missing() -> Error {
@@ -542,26 +640,42 @@ fn missing() -> Error {
     )
 }
 
-fn resolve_all(replies: Vec<DeliverySender>, deliveries: Vec<Delivery>) {
+fn pair_all(
+    replies: Vec<DeliverySender>,
+    deliveries: Vec<Delivery>,
+) -> Vec<(DeliverySender, Result<Delivery>)> {
     let mut deliveries = deliveries.into_iter();
-    for reply in replies {
-        reply.resolve(deliveries.next().ok_or_else(missing));
-    }
+    replies
+        .into_iter()
+        .map(|reply| (reply, deliveries.next().ok_or_else(missing)))
+        .collect()
 }
 
-/// Resolves the confirmed records with their deliveries and every other with the error.
-fn resolve_failed(replies: Vec<DeliverySender>, failure: SendError) {
-    let SendError { error, delivered, .. } = failure;
+/// The handles of the records a failed send confirmed, with their deliveries, and the
+/// other handles, in batch order.
+fn split_confirmed(
+    replies: Vec<DeliverySender>,
+    delivered: Vec<(usize, Delivery)>,
+) -> (Vec<(DeliverySender, Result<Delivery>)>, Vec<DeliverySender>) {
     let mut delivered = delivered.into_iter().peekable();
+    let mut confirmed = Vec::with_capacity(delivered.len());
+    let mut others = Vec::with_capacity(replies.len() - delivered.len().min(replies.len()));
+    for (index, reply) in replies.into_iter().enumerate() {
+        match delivered.next_if(|(i, _)| *i == index) {
+            Some((_, d)) => confirmed.push((reply, Ok(d))),
+            None => others.push(reply),
+        }
+    }
+    (confirmed, others)
+}
+
+/// The confirmed records with their deliveries and every other with the error.
+fn pair_failed(replies: Vec<DeliverySender>, failure: SendError) -> Vec<(DeliverySender, Result<Delivery>)> {
+    let SendError { error, delivered, .. } = failure;
+    let (mut outcomes, unconfirmed) = split_confirmed(replies, delivered);
     let mut error = Some(error);
     let mut copy = None;
-    for (index, reply) in replies.into_iter().enumerate() {
-        if delivered.peek().is_some_and(|(i, _)| *i == index) {
-            if let Some((_, d)) = delivered.next() {
-                reply.resolve(Ok(d));
-            }
-            continue;
-        }
+    for reply in unconfirmed {
         let e = match error.take() {
             Some(e) => {
                 copy = Some(e.copy_for_another());
@@ -569,8 +683,9 @@ fn resolve_failed(replies: Vec<DeliverySender>, failure: SendError) {
             }
             None => copy.as_ref().map_or_else(missing, Error::copy_for_another),
         };
-        reply.resolve(Err(e));
+        outcomes.push((reply, Err(e)));
     }
+    outcomes
 }
 
 fn complete(shared: &Shared, sent: Sent) {
@@ -594,10 +709,16 @@ fn complete(shared: &Shared, sent: Sent) {
             state.buffered_bytes -= follower.size;
             permits += follower.permits as usize;
         }
-    }
-    if let Some(failure) = &sent.failure {
-        for follower in followers {
-            follower.reply.resolve(Err(not_sent_behind(failure)));
+        state.held_permits -= permits;
+        // Resolved under the lock, so that a flush that finds the lane drained finds
+        // its handles resolved too.
+        for (reply, outcome) in sent.outcomes {
+            reply.resolve(outcome);
+        }
+        if let Some(failure) = &sent.failure {
+            for follower in followers {
+                follower.reply.resolve(Err(not_sent_behind(failure)));
+            }
         }
     }
     shared.room.add_permits(permits);
@@ -720,6 +841,73 @@ mod tests {
         assert_eq!(batches.len(), 2, "{batches:?}");
         assert_eq!(batches[1].len(), 9);
         assert_eq!(pipeline.buffered(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn resent_singly_a_record_that_fails_holds_back_its_keys_later_records() {
+        let recorder = Recorder::new();
+        let pipeline = Pipeline::new(recorder.clone(), settings(0, 100, 1 << 20));
+        let stalled = recorder.gate.write().await;
+        let first = pipeline.enqueue("s", Record::new("0")).await.unwrap();
+        tokio::task::yield_now().await; // the first batch leaves and waits at the gate
+        let keyed = |value: &'static str, key: &'static str| Record::new(value).with_key(key);
+        let bad = pipeline.enqueue("s", keyed("bad", "k1")).await.unwrap();
+        let failing = pipeline.enqueue("s", keyed("fail", "k2")).await.unwrap();
+        let behind = pipeline.enqueue("s", keyed("after", "k2")).await.unwrap();
+        let other = pipeline.enqueue("s", keyed("other", "k3")).await.unwrap();
+        let same_key_as_bad = pipeline.enqueue("s", keyed("later", "k1")).await.unwrap();
+        drop(stalled);
+        first.await.unwrap();
+        assert_eq!(bad.await.unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(failing.await.unwrap_err().kind(), ErrorKind::Unavailable);
+        let held_back = behind.await.unwrap_err();
+        assert_eq!(held_back.kind(), ErrorKind::Unavailable);
+        assert!(held_back.message().contains("not sent"), "{held_back}");
+        other.await.unwrap();
+        same_key_as_bad.await.unwrap();
+        assert_eq!(
+            recorder.batches(),
+            vec![vec!["0".to_string()], vec!["other".into()], vec!["later".into()]],
+            "the record behind the failed one of k2 was never sent"
+        );
+        assert_eq!(pipeline.buffered(), (0, 0));
+    }
+
+    #[test]
+    fn a_pipeline_whose_runtime_stopped_fails_what_it_held_and_starts_again() {
+        let recorder = Recorder::new();
+        let buffer = 1 << 20;
+        let pipeline = Pipeline::new(recorder.clone(), settings(0, 100, buffer));
+        let stalled = recorder.gate.try_write().unwrap();
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let first = runtime();
+        let (in_flight, queued) = first.block_on(async {
+            let in_flight = pipeline.enqueue("s", Record::new("0")).await.unwrap();
+            tokio::task::yield_now().await; // the first batch leaves and waits at the gate
+            let queued = pipeline.enqueue("s", Record::new("1")).await.unwrap();
+            (in_flight, queued)
+        });
+        drop(first);
+        drop(stalled);
+        runtime().block_on(async {
+            assert_eq!(in_flight.await.unwrap_err().kind(), ErrorKind::Indeterminate);
+            assert_eq!(queued.await.unwrap_err().kind(), ErrorKind::Unavailable);
+            assert_eq!(pipeline.buffered(), (0, 0));
+            assert_eq!(
+                pipeline.shared.room.available_permits(),
+                buffer,
+                "the buffer was given back"
+            );
+            let again = pipeline.enqueue("s", Record::new("2")).await.unwrap();
+            pipeline.flush().await.unwrap();
+            again.await.unwrap();
+        });
+        assert_eq!(recorder.batches(), vec![vec!["2".to_string()]]);
     }
 
     #[tokio::test]
