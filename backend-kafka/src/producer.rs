@@ -436,7 +436,21 @@ impl Producer for KafkaProducer {
         for (i, record) in records.iter().enumerate() {
             let mut future_record = future_record(stream, record);
             loop {
-                match producer.send_result(future_record) {
+                // As in `enqueue`: a `close` under way either sees this record queued
+                // before its flush, or this send sees it closed and stops.
+                let queued = {
+                    let _queueing = self.queueing.read().unwrap_or_else(PoisonError::into_inner);
+                    if self.closed.load(Ordering::Acquire) {
+                        None
+                    } else {
+                        Some(producer.send_result(future_record))
+                    }
+                };
+                let Some(queued) = queued else {
+                    enqueue_error = Some((i, Error::closed("producer")));
+                    break;
+                };
+                match queued {
                     Ok(delivery) => {
                         pending.push(Some(delivery));
                         break;

@@ -16,7 +16,7 @@ use tributary_core::{
 
 use crate::Shared;
 use crate::error::{convert, kind_of_code, maybe_applied};
-use crate::shards::{ShardMap, list_shards};
+use crate::shards::{Lanes, ShardMap, list_shards};
 use crate::{envelope, keys, position};
 
 /// Kinesis's limits on one PutRecords call.
@@ -31,16 +31,23 @@ const MAX_BYTES_PER_CALL: usize = 5 * 1024 * 1024;
 /// With `strict_key_order` (the default) a call never holds two records of one key, so
 /// a refused entry can never be overtaken by a later record of its key.
 ///
-/// Records handed over with [`Producer::enqueue`] are gathered per stream, from every
+/// Records handed over with [`Producer::enqueue`] are gathered per shard, from every
 /// caller, into such batches (up to the producer's `batch_records`, default 5,000: ten
-/// full calls, and `batch_bytes`, default 20 MiB), one batch in flight per stream while
-/// the next fills, in the spirit of the KPL's buffering (`linger` is its
+/// full calls, and `batch_bytes`, default 20 MiB), one batch in flight per shard while
+/// the next fills (so one throttled shard holds up no other; the shards are those open
+/// when the first record for the stream was handed over, whose `enqueue` waits for the
+/// shard listing, and a key keeps its lane across reshards), in the spirit of the KPL's buffering (`linger` is its
 /// `RecordMaxBufferedTime`; default 0: a batch leaves as soon as the previous one is
 /// done). At most `buffer_bytes` (default 32 MiB) are buffered.
 #[derive(Clone, Debug)]
 pub struct KinesisProducer {
     batches: Batches,
     pipeline: Arc<Pipeline>,
+    /// Each stream's pipeline lanes, fixed when a record is first handed over for it.
+    lanes: Arc<Mutex<HashMap<String, Arc<Lanes>>>>,
+    /// Held while a stream's lanes are made, so that callers arriving together list
+    /// its shards once.
+    making_lanes: Arc<tokio::sync::Mutex<()>>,
     /// Closed for callers: the pipeline still sends what was handed over before.
     closed: Arc<AtomicBool>,
 }
@@ -137,8 +144,45 @@ impl KinesisProducer {
         Self {
             pipeline: Arc::new(Pipeline::new(Arc::new(batches.clone()), settings)),
             batches,
+            lanes: Arc::default(),
+            making_lanes: Arc::default(),
             closed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The pipeline lane of `record`: for a keyed record, the lane of the shard its
+    /// key hashed to when the stream's lanes were made (on the first record handed
+    /// over for it), wherever the record is sent, so that a key's records share one
+    /// lane; for a record without a key sent to a shard, that shard's lane.
+    ///
+    /// # Errors
+    /// The error of listing the stream's shards (`NotFound` for a missing stream) when
+    /// its lanes are not made yet. Cancel safe.
+    async fn lane_of(&self, stream: &str, record: &Record) -> Result<u32> {
+        let lock = || {
+            self.lanes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let known = lock().get(stream).cloned();
+        let lanes = match known {
+            Some(lanes) => lanes,
+            None => {
+                let _making = self.making_lanes.lock().await;
+                let known = lock().get(stream).cloned();
+                match known {
+                    Some(lanes) => lanes,
+                    None => {
+                        let made = Arc::new(Lanes::new(&*self.batches.shard_map(stream, false).await?));
+                        lock().insert(stream.to_owned(), made.clone());
+                        made
+                    }
+                }
+            }
+        };
+        lanes
+            .for_record(record.key.as_ref(), record.partition.as_ref())
+            .map_err(Error::invalid_input)
     }
 
     /// Counters of calls and entries, for monitoring and benchmarks.
@@ -477,7 +521,13 @@ impl Producer for KinesisProducer {
         }
         crate::validate_stream_name(stream)?;
         self.check_record(&record)?;
-        self.pipeline.enqueue(stream, record).await
+        // A stream whose shards cannot be listed fails the record as a batch send
+        // would: it was never sent, and a later record of its key may go.
+        let lane = match self.lane_of(stream, &record).await {
+            Ok(lane) => lane,
+            Err(e) => return Ok(DeliveryHandle::ready(Err(e))),
+        };
+        self.pipeline.enqueue_to_lane(stream, lane, record).await
     }
 
     async fn flush(&self) -> Result<()> {

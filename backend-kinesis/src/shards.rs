@@ -1,9 +1,11 @@
 //! Shard listings: lineage for readers, hash ranges for producers.
 
 use aws_sdk_kinesis::Client;
+use bytes::Bytes;
 use tributary_core::{Error, ErrorKind, PartitionId, Result};
 
 use crate::error::convert;
+use crate::keys;
 
 /// One shard as ListShards describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +118,61 @@ impl ShardMap {
     }
 }
 
+/// A stream's producer lanes: one per shard open when the producer first sent to the
+/// stream, so one throttled shard holds up no other's records. Fixed for the producer's
+/// life: a key keeps its lane, and so its order, across reshards (after one, a lane may
+/// span shards or share one, which costs only concurrency).
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    /// The lanes' shards, sorted by the start of their range.
+    starts: Vec<u128>,
+    shards: Vec<PartitionId>,
+}
+
+impl Lanes {
+    pub(crate) fn new(map: &ShardMap) -> Self {
+        Self {
+            starts: map.open.iter().map(|(start, _, _)| *start).collect(),
+            shards: map.open.iter().map(|(_, _, id)| id.clone()).collect(),
+        }
+    }
+
+    /// The lane of a record: for a keyed one, the lane its key hashes to, wherever the
+    /// record is sent, so that a key's records share one lane; for one without a key
+    /// sent to a shard, that shard's lane.
+    ///
+    /// # Errors
+    /// A message when the key cannot be a partition key.
+    pub(crate) fn for_record(&self, key: Option<&Bytes>, shard: Option<&PartitionId>) -> Result<u32, String> {
+        match (key, shard) {
+            (None, Some(shard)) => Ok(self.for_shard(shard)),
+            _ => Ok(self.for_hash(keys::hash_key(&keys::partition_key(key)?))),
+        }
+    }
+
+    /// The lane of a record sent by hash key: its shard's when the lanes were made.
+    pub(crate) fn for_hash(&self, hash_key: u128) -> u32 {
+        let after = self.starts.partition_point(|start| *start <= hash_key);
+        lane_number(after.saturating_sub(1))
+    }
+
+    /// The lane of a record sent to `shard` explicitly: that shard's, or for a shard
+    /// opened since the lanes were made, one chosen by its id (always the same one).
+    pub(crate) fn for_shard(&self, shard: &PartitionId) -> u32 {
+        if let Some(i) = self.shards.iter().position(|s| s == shard) {
+            return lane_number(i);
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(shard.as_str(), &mut hasher);
+        let count = self.shards.len().max(1) as u64;
+        lane_number((std::hash::Hasher::finish(&hasher) % count) as usize)
+    }
+}
+
+fn lane_number(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +204,45 @@ mod tests {
         let gap = ShardMap::new(&[shard("a", (10, 20), true)]);
         assert_eq!(gap.shard_for(5), None);
         assert_eq!(gap.shard_for(21), None);
+    }
+
+    #[test]
+    fn lanes_follow_the_shards_open_when_made_and_never_move_a_key() {
+        let half = u128::MAX / 2;
+        let map = ShardMap::new(&[
+            shard("closed", (0, u128::MAX), false),
+            shard("b", (half + 1, u128::MAX), true),
+            shard("a", (0, half), true),
+        ]);
+        let lanes = Lanes::new(&map);
+        assert_eq!(lanes.for_hash(0), 0);
+        assert_eq!(lanes.for_hash(half), 0);
+        assert_eq!(lanes.for_hash(half + 1), 1);
+        assert_eq!(lanes.for_hash(u128::MAX), 1);
+        assert_eq!(lanes.for_shard(&PartitionId::new("a")), 0);
+        assert_eq!(lanes.for_shard(&PartitionId::new("b")), 1);
+        let newer = PartitionId::new("c");
+        let lane = lanes.for_shard(&newer);
+        assert!(lane < 2);
+        assert_eq!(lanes.for_shard(&newer), lane, "the same lane every time");
+        let key = Bytes::from("k");
+        let by_hash = lanes.for_record(Some(&key), None).unwrap();
+        for shard in ["a", "b", "c"] {
+            let sent_there = lanes.for_record(Some(&key), Some(&PartitionId::new(shard)));
+            assert_eq!(
+                sent_there.unwrap(),
+                by_hash,
+                "a key keeps its lane wherever it is sent"
+            );
+        }
+        assert_eq!(lanes.for_record(None, Some(&PartitionId::new("b"))).unwrap(), 1);
+        assert!(
+            lanes
+                .for_record(Some(&Bytes::from(vec![0xff; 4096])), None)
+                .is_err()
+        );
+        let none = Lanes::new(&ShardMap::new(&[]));
+        assert_eq!(none.for_hash(5), 0);
+        assert_eq!(none.for_shard(&newer), 0);
     }
 }

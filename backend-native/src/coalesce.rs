@@ -4,11 +4,13 @@
 //! own records at once, then everything other senders queued meanwhile, in one append
 //! per round (so one `write()` for many callers), and hands each caller its offsets.
 //! An uncontended send pays two lock round trips and waits for no one; contended
-//! sends share writes instead of queueing on the log's lock one `write()` each.
+//! sends share appends instead of queueing on the log's lock one append each.
 //!
 //! The leader's work is synchronous, so no cancellation can interrupt it. After
 //! [`MAX_ROUNDS`] rounds it passes the lead to the oldest waiting caller, so no caller
-//! writes for others without end.
+//! appends for others without end. However a lead ends (a panic, or a caller that
+//! stopped waiting just as the lead reached it), it is passed on or given up, so the
+//! partition never waits for a leader that is gone.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -64,18 +66,19 @@ impl Coalescer {
     ///
     /// # Errors
     /// The error of the append that carried the records (every caller of that append
-    /// gets a copy), or `Indeterminate` if the leader carrying them panicked.
+    /// gets a copy), or `Indeterminate` if that append panicked.
     ///
     /// # Cancel safety
-    /// Dropping the future while it waits does not withdraw the records: the leader
-    /// may still append them, and no one learns their offsets, as with any send whose
-    /// future is dropped before it completes.
+    /// Dropping the future while it waits withdraws its records unless a leader has
+    /// already taken them into an append: then they may be appended, and no one
+    /// learns their offsets, as with any send whose future is dropped before it
+    /// completes.
     pub(crate) async fn append(
         &self,
         records: Vec<Record>,
         append: impl Fn(&[Record]) -> Result<Appended>,
     ) -> (Result<Appended>, Vec<Record>) {
-        let waiting = {
+        let mut waiting = {
             let mut queue = self.lock();
             if !queue.leading {
                 queue.leading = true;
@@ -84,19 +87,25 @@ impl Coalescer {
             }
             let (turn, waiting) = oneshot::channel();
             queue.waiting.push_back(Waiter { records, turn });
-            waiting
+            Waiting {
+                coalescer: self,
+                turn: waiting,
+            }
         };
-        let records = match waiting.await {
+        let records = match (&mut waiting.turn).await {
             Ok(Turn::Appended(result, records)) => return (result, records),
             Ok(Turn::Lead(records)) => records,
+            // Unreached: every queued turn is answered (a round's even if its append
+            // panics) or dropped with its receiver gone.
             Err(_) => {
                 let e = Error::new(
                     ErrorKind::Indeterminate,
-                    "the append carrying this send was abandoned (its leader panicked)",
+                    "the append carrying this send was abandoned",
                 );
                 return (Err(e), Vec::new());
             }
         };
+        drop(waiting);
         self.lead(records, &append)
     }
 
@@ -107,19 +116,29 @@ impl Coalescer {
         records: Vec<Record>,
         append: &dyn Fn(&[Record]) -> Result<Appended>,
     ) -> (Result<Appended>, Vec<Record>) {
-        let _lead = Lead(self);
+        let mut lead = Lead {
+            coalescer: self,
+            held: true,
+        };
         let mine = append(&records);
         for _ in 0..MAX_ROUNDS {
-            let round: Vec<Waiter> = self.lock().waiting.drain(..).collect();
-            if round.is_empty() {
-                break;
-            }
-            append_round(round, append);
+            let round: Vec<Waiter> = {
+                let mut queue = self.lock();
+                // A caller that stopped waiting withdrew its records.
+                let round: Vec<Waiter> = queue.waiting.drain(..).filter(|w| !w.turn.is_closed()).collect();
+                if round.is_empty() {
+                    queue.leading = false;
+                    lead.held = false;
+                    break;
+                }
+                round
+            };
+            Round::new(round).append(append);
         }
         (mine, records)
     }
 
-    /// Passes the lead to the oldest waiting caller still waiting, or gives it up.
+    /// Passes the lead to the oldest caller still waiting, or gives it up.
     fn pass_lead(&self) {
         let mut queue = self.lock();
         while let Some(waiter) = queue.waiting.pop_front() {
@@ -133,39 +152,92 @@ impl Coalescer {
     }
 }
 
-/// Ends a lead when dropped, so a panicking leader strands no one.
-struct Lead<'a>(&'a Coalescer);
+/// The lead while its holder appends: passed on when dropped still held, so a
+/// panicking leader strands no one.
+struct Lead<'a> {
+    coalescer: &'a Coalescer,
+    held: bool,
+}
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        self.0.pass_lead();
+        if self.held {
+            self.coalescer.pass_lead();
+        }
     }
 }
 
-/// Appends the records of `round` in one call, in queue order, and tells each caller
-/// where its records went.
-fn append_round(round: Vec<Waiter>, append: &dyn Fn(&[Record]) -> Result<Appended>) {
-    let counts: Vec<usize> = round.iter().map(|w| w.records.len()).collect();
-    let mut joined = Vec::with_capacity(counts.iter().sum());
-    let mut turns = Vec::with_capacity(round.len());
-    for mut waiter in round {
-        joined.append(&mut waiter.records);
-        turns.push(waiter.turn);
+/// A caller waiting for its turn. Dropped before it learned its turn, it withdraws
+/// from the queue; if the lead had already been handed to it, it passes the lead on.
+struct Waiting<'a> {
+    coalescer: &'a Coalescer,
+    turn: oneshot::Receiver<Turn>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.turn.close();
+        if let Ok(Turn::Lead(_)) = self.turn.try_recv() {
+            self.coalescer.pass_lead();
+        }
     }
-    let result = append(&joined);
-    let bases = offsets_within(&counts);
-    let mut failure = result.as_ref().err().map(Error::copy_for_another);
-    for ((turn, count), within) in turns.into_iter().zip(counts).zip(bases).rev() {
-        let records = joined.split_off(joined.len() - count);
-        let outcome = match &result {
-            Ok(at) => Ok(Appended {
-                base: at.base + within,
-                now: at.now,
-            }),
-            Err(e) => Err(failure.take().unwrap_or_else(|| e.copy_for_another())),
-        };
-        // A caller that stopped waiting learns nothing, as documented.
-        let _ = turn.send(Turn::Appended(outcome, records));
+}
+
+/// The records of several callers appended in one call, in queue order. Each caller
+/// learns where its records went, and gets them back, however the append ends: a
+/// panicking append answers everyone `Indeterminate`.
+struct Round {
+    joined: Vec<Record>,
+    /// Each caller's turn and how many of `joined` are its records.
+    callers: Vec<(oneshot::Sender<Turn>, usize)>,
+    result: Option<Result<Appended>>,
+}
+
+impl Round {
+    fn new(waiters: Vec<Waiter>) -> Self {
+        let mut joined = Vec::with_capacity(waiters.iter().map(|w| w.records.len()).sum());
+        let mut callers = Vec::with_capacity(waiters.len());
+        for mut waiter in waiters {
+            callers.push((waiter.turn, waiter.records.len()));
+            joined.append(&mut waiter.records);
+        }
+        Self {
+            joined,
+            callers,
+            result: None,
+        }
+    }
+
+    /// Appends the round and answers its callers (when dropped, so a panic answers
+    /// them too).
+    fn append(mut self, append: &dyn Fn(&[Record]) -> Result<Appended>) {
+        self.result = Some(append(&self.joined));
+    }
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        let result = self.result.take().unwrap_or_else(|| {
+            Err(Error::new(
+                ErrorKind::Indeterminate,
+                "the append carrying this send panicked: its records may be in the log",
+            ))
+        });
+        let counts: Vec<usize> = self.callers.iter().map(|(_, n)| *n).collect();
+        let bases = offsets_within(&counts);
+        let mut failure = result.as_ref().err().map(Error::copy_for_another);
+        for ((turn, count), within) in self.callers.drain(..).zip(bases).rev() {
+            let records = self.joined.split_off(self.joined.len() - count);
+            let outcome = match &result {
+                Ok(at) => Ok(Appended {
+                    base: at.base + within,
+                    now: at.now,
+                }),
+                Err(e) => Err(failure.take().unwrap_or_else(|| e.copy_for_another())),
+            };
+            // A caller that stopped waiting learns nothing, as documented.
+            let _ = turn.send(Turn::Appended(outcome, records));
+        }
     }
 }
 
@@ -187,6 +259,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     use bytes::Bytes;
+    use futures::FutureExt;
 
     use super::*;
 
@@ -388,5 +461,136 @@ mod tests {
             0,
             "the live waiter led after the gone one was skipped"
         );
+    }
+
+    /// Queues a send behind a held lead: polled once, so it waits in the queue.
+    fn queued<'a>(
+        coalescer: &'a Coalescer,
+        log: &'a FakeLog,
+        task: usize,
+    ) -> std::pin::Pin<Box<impl Future<Output = (Result<Appended>, Vec<Record>)> + 'a>> {
+        let mut send = Box::pin(coalescer.append(records(task, 1), |r| log.append(r)));
+        assert!((&mut send).now_or_never().is_none(), "it waits behind the lead");
+        send
+    }
+
+    #[tokio::test]
+    async fn a_caller_dropped_after_the_lead_reached_it_passes_the_lead_on() {
+        let (coalescer, log) = (Coalescer::default(), FakeLog::new());
+        coalescer.lock().leading = true;
+        let first = queued(&coalescer, &log, 0);
+        let mut second = queued(&coalescer, &log, 1);
+        coalescer.pass_lead();
+        // The lead reached `first`, which is dropped before it ever runs again.
+        drop(first);
+        let (result, _) = tokio::time::timeout(std::time::Duration::from_secs(10), &mut second)
+            .await
+            .expect("the lead was lost with the dropped caller");
+        assert_eq!(result.unwrap().base, 0, "the lead went on to the next caller");
+        assert!(!coalescer.lock().leading, "and was given up at the end");
+        let values = log.records.lock().unwrap().clone();
+        assert_eq!(
+            values,
+            vec![Bytes::from("1-0")],
+            "the dropped caller's record was not written"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_dropped_while_queued_is_left_out_of_the_round() {
+        let (coalescer, log) = (Coalescer::default(), FakeLog::new());
+        coalescer.lock().leading = true;
+        let gone = queued(&coalescer, &log, 0);
+        let kept = queued(&coalescer, &log, 1);
+        drop(gone);
+        // A leader's own append, then the round of what is queued behind it.
+        coalescer.lock().leading = false;
+        let (mine, _) = coalescer.append(records(2, 1), |r| log.append(r)).await;
+        assert_eq!(mine.unwrap().base, 0);
+        let (result, _) = kept.await;
+        assert_eq!(result.unwrap().base, 1);
+        let values = log.records.lock().unwrap().clone();
+        assert_eq!(values, vec![Bytes::from("2-0"), Bytes::from("1-0")]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_whose_append_panics_answers_its_callers_with_their_records() {
+        let coalescer = Arc::new(Coalescer::default());
+        coalescer.lock().leading = true;
+        let waiters: Vec<_> = (0..3)
+            .map(|task| {
+                let coalescer = coalescer.clone();
+                tokio::spawn(async move {
+                    let sent = records(task, 2);
+                    let (result, back) = coalescer.append(sent.clone(), |_| Ok(unused())).await;
+                    (result, back, sent)
+                })
+            })
+            .collect();
+        while coalescer.lock().waiting.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        let round: Vec<Waiter> = coalescer.lock().waiting.drain(..).collect();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Round::new(round).append(&|_| panic!("a bug in the log"));
+        }));
+        assert!(panicked.is_err());
+        for waiter in waiters {
+            let (result, back, sent) = waiter.await.unwrap();
+            assert_eq!(result.unwrap_err().kind(), ErrorKind::Indeterminate);
+            assert_eq!(back, sent, "each caller gets its own records back");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_leader_whose_round_panics_answers_the_round_and_gives_the_lead_up() {
+        let coalescer = Arc::new(Coalescer::default());
+        let log = FakeLog::new();
+        let leader = {
+            let coalescer = coalescer.clone();
+            tokio::spawn(async move {
+                let calls = AtomicUsize::new(0);
+                let append = |_: &[Record]| -> Result<Appended> {
+                    if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                        panic!("a bug in the log, in the round");
+                    }
+                    // Its own append: wait until three sends queue behind it.
+                    while coalescer.lock().waiting.len() < 3 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Ok(Appended {
+                        base: 0,
+                        now: Timestamp::from_millis(1),
+                    })
+                };
+                coalescer.append(records(9, 1), append).await
+            })
+        };
+        while !coalescer.lock().leading {
+            tokio::task::yield_now().await;
+        }
+        let waiters: Vec<_> = (0..3)
+            .map(|task| {
+                let (coalescer, log) = (coalescer.clone(), log.clone());
+                tokio::spawn(async move {
+                    let sent = records(task, 2);
+                    let (result, back) = coalescer.append(sent.clone(), |r| log.append(r)).await;
+                    (result, back, sent)
+                })
+            })
+            .collect();
+        assert!(leader.await.is_err(), "the leader's task panicked");
+        for waiter in waiters {
+            let (result, back, sent) = waiter.await.unwrap();
+            assert_eq!(result.unwrap_err().kind(), ErrorKind::Indeterminate);
+            assert_eq!(back, sent, "each caller gets its own records back");
+        }
+        let (result, _) = coalescer.append(records(5, 1), |r| log.append(r)).await;
+        assert_eq!(result.unwrap().base, 0, "the next send leads");
+        assert!(!coalescer.lock().leading);
+    }
+
+    fn unused() -> Appended {
+        unreachable!("these callers never lead")
     }
 }

@@ -21,6 +21,8 @@ const SHORT_WRITE: u8 = 3;
 /// One failed fdatasync, then syncs succeed again: a retry would now "work", and must
 /// still not be trusted.
 const SYNC_EIO_ONCE: u8 = 4;
+/// The next segment write succeeds, then writes fail with ENOSPC.
+const WRITE_ENOSPC_AFTER_ONE: u8 = 5;
 
 /// The real disk, except that segment files fail as `mode` says (those of partition 1
 /// as `partition_one` says, when set).
@@ -41,6 +43,10 @@ impl StorageFile for FaultyFile {
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         match (self.segment, self.mode.load(Ordering::SeqCst)) {
             (true, WRITE_ENOSPC) => Err(io::Error::from_raw_os_error(28)),
+            (true, WRITE_ENOSPC_AFTER_ONE) => {
+                self.mode.store(WRITE_ENOSPC, Ordering::SeqCst);
+                self.inner.write_all_at(buf, pos)
+            }
             (true, SHORT_WRITE) => {
                 self.inner.write_all_at(&buf[..buf.len() / 2], pos)?;
                 Err(io::Error::from_raw_os_error(5))
@@ -123,21 +129,11 @@ async fn run(dir: &Path, durability: Durability, fault: u8) -> Outcome {
     let mode = Arc::new(AtomicU8::new(OK));
     let mut config = NativeConfig::at(dir);
     config.durability = durability;
-    let engine = NativeBackend::open_with_storage(
-        config,
-        Arc::new(Faulty {
-            mode: mode.clone(),
-            partition_one: None,
-        }),
-    )
-    .unwrap();
-    engine
-        .admin()
-        .await
-        .unwrap()
-        .create_stream(&StreamSpec::new("s"))
-        .await
-        .unwrap();
+    let storage = Faulty {
+        mode: mode.clone(),
+        partition_one: None,
+    };
+    let engine = engine_with_stream(config, storage, StreamSpec::new("s")).await;
     let producer: Arc<dyn tributary_core::Producer> =
         Arc::from(engine.producer(ProducerConfig::default()).await.unwrap());
     let mut acked = Vec::new();
@@ -163,6 +159,13 @@ async fn run(dir: &Path, durability: Durability, fault: u8) -> Outcome {
     }
     engine.close().ok();
     Outcome { acked, errors }
+}
+
+/// An engine over `storage` with the stream `spec` (named `s`).
+async fn engine_with_stream(config: NativeConfig, storage: Faulty, spec: StreamSpec) -> NativeBackend {
+    let engine = NativeBackend::open_with_storage(config, Arc::new(storage)).unwrap();
+    engine.admin().await.unwrap().create_stream(&spec).await.unwrap();
+    engine
 }
 
 async fn reread(dir: &Path) -> Vec<String> {
@@ -269,14 +272,7 @@ async fn a_failed_sync_after_a_successful_write_is_not_hidden_by_an_earlier_fail
         mode: zero.clone(),
         partition_one: Some(one.clone()),
     };
-    let engine = NativeBackend::open_with_storage(config, Arc::new(storage)).unwrap();
-    engine
-        .admin()
-        .await
-        .unwrap()
-        .create_stream(&StreamSpec::new("s").with_partitions(2))
-        .await
-        .unwrap();
+    let engine = engine_with_stream(config, storage, StreamSpec::new("s").with_partitions(2)).await;
     let producer = engine.producer(ProducerConfig::default()).await.unwrap();
     let to = |p: u32, v: &str| Record::new(v.to_string()).to_partition(PartitionId::from_index(p));
     producer
@@ -297,4 +293,42 @@ async fn a_failed_sync_after_a_successful_write_is_not_hidden_by_an_earlier_fail
         .map(|r| String::from_utf8_lossy(&r.value).into_owned())
         .collect();
     assert_eq!(unsent, ["a0", "a1", "b0", "b1"], "handed back in the order given");
+}
+
+/// One send large enough to be written in several batches, whose second write fails:
+/// the first batch is readable, so the send must say Indeterminate (not Io, which
+/// would invite a resend of records already in the log), and hand every record back.
+#[tokio::test]
+async fn a_write_failing_partway_through_a_large_send_is_indeterminate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mode = Arc::new(AtomicU8::new(OK));
+    let storage = Faulty {
+        mode: mode.clone(),
+        partition_one: None,
+    };
+    let engine = engine_with_stream(NativeConfig::at(dir.path()), storage, StreamSpec::new("s")).await;
+    let producer = engine.producer(ProducerConfig::default()).await.unwrap();
+    let values: Vec<String> = (0..600).map(|i| format!("{i:04}-{}", "x".repeat(1024))).collect();
+    mode.store(WRITE_ENOSPC_AFTER_ONE, Ordering::SeqCst);
+    let err = producer
+        .send("s", values.iter().map(|v| Record::new(v.clone())).collect())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Indeterminate, "{}", err.error);
+    assert!(
+        err.error.message().contains("before a write failed"),
+        "{}",
+        err.error
+    );
+    assert!(err.delivered.is_empty());
+    assert_eq!(err.unsent.len(), 600, "every record handed back");
+    engine.close().ok();
+    let after = reread(dir.path()).await;
+    assert!(!after.is_empty(), "the first batch was written");
+    assert!(after.len() < 600, "the rest was not");
+    assert_eq!(
+        after[..],
+        values[..after.len()],
+        "what survived is the send's first records, in order"
+    );
 }

@@ -1,12 +1,15 @@
 //! A producer pipeline over an engine's batch `send`: records handed over one at a time
-//! with [`Producer::enqueue`](crate::Producer::enqueue) are queued per stream and sent in
+//! with [`Producer::enqueue`](crate::Producer::enqueue) are queued per lane and sent in
 //! batches by one task, so that the loop everybody writes first (hand each record over
 //! as it comes) runs at batch speed.
 //!
-//! Per stream, one batch is in flight at a time and batches go out in the order their
-//! records were handed over, so per-key order is the engine's batch order; while a batch
-//! is in flight the next one fills (natural batching), and `linger` may hold a batch back
-//! for more records. Buffered bytes (queued and in flight) are bounded: `enqueue` waits
+//! Records queue in lanes: one per stream, or several when the engine names them
+//! ([`Pipeline::enqueue_to_lane`]: the Kinesis engine keeps one per shard, so that one
+//! throttled shard holds up no other). Per lane, one batch is in flight at a time and
+//! batches go out in the order their records were handed over, so per-key order (a
+//! key's records share a lane) is the engine's batch order; while a batch is in flight
+//! the next one fills (natural batching), and `linger` may hold a batch back for more
+//! records. Buffered bytes (queued and in flight) are bounded: `enqueue` waits
 //! for room, in the order callers arrived, and nothing is ever dropped.
 //!
 //! When records of a batch fail (other than as bad input), the records of their keys
@@ -38,7 +41,7 @@ use crate::send::SendError;
 #[non_exhaustive]
 pub struct PipelineSettings {
     /// How long a record may wait for others to fill its batch. A batch goes out at once
-    /// when it is full, on `flush`, or when the stream has no batch in flight and
+    /// when it is full, on `flush`, or when its lane has no batch in flight and
     /// `linger` is zero.
     pub linger: Duration,
     /// Records in one batch, at most.
@@ -158,7 +161,8 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    lanes: HashMap<String, Lane>,
+    /// Each stream's lanes, by lane number.
+    lanes: HashMap<String, HashMap<u32, Lane>>,
     /// Sequence number of the next record handed over.
     next_seq: u64,
     /// Records numbered below this go out without lingering (a flush waits for them).
@@ -175,7 +179,7 @@ struct State {
     held_permits: usize,
 }
 
-/// One stream's records: queued in the order handed over, and the batch in flight.
+/// One lane's records: queued in the order handed over, and the batch in flight.
 #[derive(Default)]
 struct Lane {
     queue: VecDeque<Queued>,
@@ -222,6 +226,7 @@ struct Queued {
 /// A batch taken from a lane.
 struct Batch {
     stream: String,
+    lane: u32,
     records: Vec<Record>,
     replies: Vec<DeliverySender>,
     bytes: usize,
@@ -274,6 +279,19 @@ impl Pipeline {
     /// when the pipeline closes), `Unsupported` outside a tokio runtime. Cancel safe:
     /// dropped before it returns, it has queued nothing.
     pub async fn enqueue(&self, stream: &str, record: Record) -> Result<DeliveryHandle> {
+        self.enqueue_to_lane(stream, 0, record).await
+    }
+
+    /// Queues `record` for `stream` in lane `lane`, waiting only for room in the buffer.
+    /// Lanes of one stream send their batches independently (one in flight per lane),
+    /// so per-key order holds only if every record of a key goes to the same lane.
+    /// [`enqueue`](Pipeline::enqueue) uses lane 0. Lane numbers are an engine's to
+    /// choose (the Kinesis engine uses the shard a key hashed to when it first sent to
+    /// the stream).
+    ///
+    /// # Errors
+    /// As [`enqueue`](Pipeline::enqueue). Cancel safe, as it.
+    pub async fn enqueue_to_lane(&self, stream: &str, lane: u32, record: Record) -> Result<DeliveryHandle> {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::closed("producer"));
@@ -289,13 +307,17 @@ impl Pipeline {
         if state.closed {
             return Err(Error::closed("producer"));
         }
-        if !state.task_started {
+        // The task is spawned once the lock is released: a runtime that is shutting
+        // down drops the task's future at once, and its clean-up takes the lock.
+        let start_task_on = if state.task_started {
+            None
+        } else {
             let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::unsupported("handing records over to a producer needs a tokio runtime")
             })?;
-            runtime.spawn(run(shared.clone()));
             state.task_started = true;
-        }
+            Some(runtime)
+        };
         // From here the permits are released when the record is resolved.
         room.forget();
         state.held_permits += permits as usize;
@@ -305,10 +327,11 @@ impl Pipeline {
         state.buffered_bytes += size;
         let (reply, handle) = DeliveryHandle::channel();
         let settings = shared.settings;
-        let lane = match state.lanes.get_mut(stream) {
-            Some(lane) => lane,
+        let lanes = match state.lanes.get_mut(stream) {
+            Some(lanes) => lanes,
             None => state.lanes.entry(stream.to_owned()).or_default(),
         };
+        let lane = lanes.entry(lane).or_default();
         let was_empty = lane.queue.is_empty();
         if was_empty {
             lane.since = Some(Instant::now());
@@ -326,6 +349,11 @@ impl Pipeline {
         let full = lane.queue.len() >= settings.batch_records || lane.queued_bytes >= settings.batch_bytes;
         let wake = lane.in_flight.is_none() && (was_empty || full);
         drop(state);
+        if let Some(runtime) = start_task_on {
+            // The clean-up guard exists before the task is spawned, so a task dropped
+            // without ever running still fails what it was handed.
+            runtime.spawn(run(shared.clone(), TaskEnds(shared.clone())));
+        }
         if wake {
             shared.work.notify_one();
         }
@@ -353,6 +381,7 @@ impl Pipeline {
                 .lock()
                 .lanes
                 .values()
+                .flat_map(HashMap::values)
                 .filter_map(Lane::oldest)
                 .any(|seq| seq < target);
             if !pending {
@@ -389,7 +418,7 @@ impl Drop for Pipeline {
 /// The batches to send now from lanes with none in flight, and the earliest time a
 /// lingering lane becomes due. `hurry` sends every non-empty lane at once.
 fn take_due(
-    lanes: &mut HashMap<String, Lane>,
+    lanes: &mut HashMap<String, HashMap<u32, Lane>>,
     settings: &PipelineSettings,
     hurry_below: u64,
     hurry: bool,
@@ -397,7 +426,10 @@ fn take_due(
 ) -> (Vec<Batch>, Option<Instant>) {
     let mut batches = Vec::new();
     let mut next_due: Option<Instant> = None;
-    for (stream, lane) in lanes.iter_mut() {
+    let lanes = lanes
+        .iter_mut()
+        .flat_map(|(stream, lanes)| lanes.iter_mut().map(move |(n, lane)| (stream, *n, lane)));
+    for (stream, number, lane) in lanes {
         if lane.in_flight.is_some() {
             continue;
         }
@@ -413,6 +445,7 @@ fn take_due(
         lane.in_flight = Some(front.seq);
         let mut batch = Batch {
             stream: stream.clone(),
+            lane: number,
             records: Vec::with_capacity(lane.queue.len().min(settings.batch_records)),
             replies: Vec::with_capacity(lane.queue.len().min(settings.batch_records)),
             bytes: 0,
@@ -445,8 +478,8 @@ fn take_due(
 
 /// The pipeline's task: sends due batches, resolves their handles, and ends once the
 /// pipeline is dropped and everything handed over is resolved.
-async fn run(shared: Arc<Shared>) {
-    let _ends = TaskEnds(shared.clone());
+async fn run(shared: Arc<Shared>, ends: TaskEnds) {
+    let _ends = ends;
     let mut sending = FuturesUnordered::new();
     loop {
         let (batches, next_due, finished) = {
@@ -491,8 +524,8 @@ impl Drop for TaskEnds {
             let mut state = shared.lock();
             state.task_started = false;
             let why = "the producer's pipeline stopped (its runtime shut down) before sending this record";
-            for (_, lane) in state.lanes.drain() {
-                for queued in lane.queue {
+            for (_, lanes) in state.lanes.drain() {
+                for queued in lanes.into_values().flat_map(|lane| lane.queue) {
                     queued.reply.resolve(Err(Error::new(ErrorKind::Unavailable, why)));
                 }
             }
@@ -518,6 +551,7 @@ async fn sleep_until(due: Option<Instant>) {
 /// still go out.
 struct Sent {
     stream: String,
+    lane: u32,
     records: usize,
     bytes: usize,
     permits: usize,
@@ -532,6 +566,7 @@ struct Sent {
 async fn send_batch(sender: Arc<dyn Producer>, batch: Batch) -> Sent {
     let Batch {
         stream,
+        lane,
         records,
         replies,
         bytes,
@@ -563,6 +598,7 @@ async fn send_batch(sender: Arc<dyn Producer>, batch: Batch) -> Sent {
     };
     Sent {
         stream,
+        lane,
         records: count,
         bytes,
         permits,
@@ -695,13 +731,18 @@ fn complete(shared: &Shared, sent: Sent) {
         let mut state = shared.lock();
         state.buffered_records -= sent.records;
         state.buffered_bytes -= sent.bytes;
-        if let Some(lane) = state.lanes.get_mut(&sent.stream) {
+        if let Some(lanes) = state.lanes.get_mut(&sent.stream)
+            && let Some(lane) = lanes.get_mut(&sent.lane)
+        {
             lane.in_flight = None;
             if !sent.failed_keys.is_empty() {
                 followers = lane.take_keys(&sent.failed_keys);
             }
             if lane.queue.is_empty() {
-                state.lanes.remove(&sent.stream);
+                lanes.remove(&sent.lane);
+                if lanes.is_empty() {
+                    state.lanes.remove(&sent.stream);
+                }
             }
         }
         for follower in &followers {
@@ -757,6 +798,8 @@ mod tests {
     struct Recorder {
         batches: Mutex<Vec<Vec<String>>>,
         gate: tokio::sync::RwLock<()>,
+        /// Held back further: batches holding a record `stall`.
+        stall_gate: tokio::sync::RwLock<()>,
         next: AtomicU64,
     }
 
@@ -765,6 +808,7 @@ mod tests {
             Arc::new(Self {
                 batches: Mutex::new(Vec::new()),
                 gate: tokio::sync::RwLock::new(()),
+                stall_gate: tokio::sync::RwLock::new(()),
                 next: AtomicU64::new(0),
             })
         }
@@ -781,6 +825,9 @@ mod tests {
                 .iter()
                 .map(|r| String::from_utf8_lossy(&r.value).into_owned())
                 .collect();
+            if values.iter().any(|v| v == "stall") {
+                drop(self.stall_gate.read().await);
+            }
             if values.iter().any(|v| v == "bad") {
                 return Err(SendError::nothing_sent(
                     Error::invalid_input("bad record"),
@@ -810,6 +857,13 @@ mod tests {
         async fn close(&self) -> Result<()> {
             Ok(())
         }
+    }
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     fn settings(linger_ms: u64, batch_records: usize, buffer_bytes: usize) -> PipelineSettings {
@@ -879,13 +933,7 @@ mod tests {
         let buffer = 1 << 20;
         let pipeline = Pipeline::new(recorder.clone(), settings(0, 100, buffer));
         let stalled = recorder.gate.try_write().unwrap();
-        let runtime = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        };
-        let first = runtime();
+        let first = current_thread();
         let (in_flight, queued) = first.block_on(async {
             let in_flight = pipeline.enqueue("s", Record::new("0")).await.unwrap();
             tokio::task::yield_now().await; // the first batch leaves and waits at the gate
@@ -894,7 +942,7 @@ mod tests {
         });
         drop(first);
         drop(stalled);
-        runtime().block_on(async {
+        current_thread().block_on(async {
             assert_eq!(in_flight.await.unwrap_err().kind(), ErrorKind::Indeterminate);
             assert_eq!(queued.await.unwrap_err().kind(), ErrorKind::Unavailable);
             assert_eq!(pipeline.buffered(), (0, 0));
@@ -908,6 +956,111 @@ mod tests {
             again.await.unwrap();
         });
         assert_eq!(recorder.batches(), vec![vec!["2".to_string()]]);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_lane_holds_up_no_other_lane_of_its_stream() {
+        let recorder = Recorder::new();
+        let pipeline = Pipeline::new(recorder.clone(), settings(0, 100, 1 << 20));
+        let stalled = recorder.stall_gate.write().await;
+        let mut stuck = pipeline
+            .enqueue_to_lane("s", 1, Record::new("stall"))
+            .await
+            .unwrap();
+        let mut behind = pipeline
+            .enqueue_to_lane("s", 1, Record::new("after"))
+            .await
+            .unwrap();
+        let mut others = Vec::new();
+        for round in 0..3 {
+            for lane in [0, 2] {
+                let value = format!("{lane}-{round}");
+                others.push(
+                    pipeline
+                        .enqueue_to_lane("s", lane, Record::new(value))
+                        .await
+                        .unwrap(),
+                );
+            }
+            tokio::task::yield_now().await;
+        }
+        for handle in others {
+            tokio::time::timeout(Duration::from_secs(10), handle)
+                .await
+                .expect("lanes 0 and 2 went on while lane 1 was stalled")
+                .unwrap();
+        }
+        assert!(
+            !stuck.is_done() && !behind.is_done(),
+            "lane 1 waits for its batch"
+        );
+        drop(stalled);
+        stuck.await.unwrap();
+        behind.await.unwrap();
+        let batches = recorder.batches();
+        let lane_one: Vec<_> = batches.iter().flatten().filter(|v| !v.contains('-')).collect();
+        assert_eq!(lane_one, ["stall", "after"], "lane 1 in its own order");
+        for lane in ["0-", "2-"] {
+            let values: Vec<_> = batches.iter().flatten().filter(|v| v.starts_with(lane)).collect();
+            let expected: Vec<String> = (0..3).map(|round| format!("{lane}{round}")).collect();
+            assert_eq!(
+                values,
+                expected.iter().collect::<Vec<_>>(),
+                "each lane in its own order"
+            );
+        }
+        assert_eq!(pipeline.buffered(), (0, 0));
+    }
+
+    #[test]
+    fn a_pipeline_whose_task_never_ran_fails_what_it_held_and_starts_again() {
+        let recorder = Recorder::new();
+        let buffer = 1 << 20;
+        let pipeline = Pipeline::new(recorder.clone(), settings(0, 100, buffer));
+        // The task is spawned, but the runtime is dropped before it is ever polled.
+        let first = current_thread();
+        let queued = first.block_on(pipeline.enqueue("s", Record::new("0"))).unwrap();
+        drop(first);
+        current_thread().block_on(async {
+            let failed = tokio::time::timeout(Duration::from_secs(10), queued)
+                .await
+                .expect("a task dropped before it ran still resolves what it held");
+            assert_eq!(failed.unwrap_err().kind(), ErrorKind::Unavailable);
+            assert_eq!(pipeline.buffered(), (0, 0));
+            assert_eq!(pipeline.shared.room.available_permits(), buffer);
+            let again = pipeline.enqueue("s", Record::new("1")).await.unwrap();
+            pipeline.flush().await.unwrap();
+            again.await.unwrap();
+        });
+        assert_eq!(recorder.batches(), vec![vec!["1".to_string()]]);
+    }
+
+    #[test]
+    fn a_record_handed_over_on_a_runtime_that_shut_down_fails_without_a_deadlock() {
+        let recorder = Recorder::new();
+        let pipeline = Pipeline::new(recorder.clone(), settings(0, 100, 1 << 20));
+        let gone = current_thread().handle().clone();
+        // Spawning on a runtime that shut down drops the task's future within the spawn,
+        // and with it the clean-up guard, which takes the pipeline's lock.
+        let queued = {
+            let _entered = gone.enter();
+            pipeline
+                .enqueue("s", Record::new("0"))
+                .now_or_never()
+                .expect("room at once: it returns without waiting")
+                .unwrap()
+        };
+        current_thread().block_on(async {
+            let failed = tokio::time::timeout(Duration::from_secs(10), queued)
+                .await
+                .expect("the record's handle resolves");
+            assert_eq!(failed.unwrap_err().kind(), ErrorKind::Unavailable);
+            assert_eq!(pipeline.buffered(), (0, 0));
+            let again = pipeline.enqueue("s", Record::new("1")).await.unwrap();
+            pipeline.flush().await.unwrap();
+            again.await.unwrap();
+        });
+        assert_eq!(recorder.batches(), vec![vec!["1".to_string()]]);
     }
 
     #[tokio::test]

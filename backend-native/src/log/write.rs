@@ -94,6 +94,7 @@ impl PartitionLog {
     /// Appends `records` (already checked against size limits) in batches of about
     /// 256 KiB, and returns the offset of the first record. The data is written
     /// (in the page cache) when this returns; call [`sync_to`](Self::sync_to) for more.
+    /// A failure after the first batch is `Indeterminate`: some records were appended.
     pub(crate) fn append(&self, records: &[Record], now: Timestamp) -> Result<u64> {
         let mut inner = self.lock();
         Self::check_writable(&inner)?;
@@ -110,7 +111,19 @@ impl PartitionLog {
                 bytes += size;
                 end += 1;
             }
-            self.append_batch(&mut inner, &records[start..end], now)?;
+            if let Err(e) = self.append_batch(&mut inner, &records[start..end], now) {
+                if start == 0 {
+                    return Err(e);
+                }
+                // Earlier batches of this call are readable already: the caller must
+                // not take the records for unsent and send them again.
+                let message = format!(
+                    "{start} of these {} records were appended (and are readable) before a write failed, so any of them may be in the log: {}",
+                    records.len(),
+                    e.message()
+                );
+                return Err(Error::new(ErrorKind::Indeterminate, message).with_source(e));
+            }
             start = end;
         }
         Ok(first)
