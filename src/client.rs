@@ -16,6 +16,7 @@ use crate::config::Config;
 #[derive(Clone, Debug)]
 pub struct Client {
     backend: Arc<dyn Backend>,
+    engine: &'static str,
 }
 
 impl Client {
@@ -36,6 +37,7 @@ impl Client {
             .map_err(|e| e.in_operation(engine, "connect"))?;
         Ok(Self {
             backend: Arc::new(Named::new(engine, backend)),
+            engine,
         })
     }
 
@@ -59,13 +61,23 @@ impl Client {
     /// Wraps a backend built by hand (a mock, a layered backend, a custom engine), as
     /// it is: wrap it in [`raw::Named`](crate::raw::Named) for errors that name it.
     pub fn from_backend(backend: Arc<dyn Backend>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            engine: "custom",
+        }
+    }
+
+    /// The engine's name, as URLs spell it (`kafka`, `kinesis`, `native`, `memory`), or
+    /// `custom` for a client made with [`from_backend`](Client::from_backend).
+    pub fn engine(&self) -> &'static str {
+        self.engine
     }
 
     /// This client with every producer, consumer and admin handle wrapped by `layer`.
     pub fn with_layer(self, layer: impl Layer) -> Self {
         Self {
             backend: Arc::new(Layered::new(self.backend, layer)),
+            engine: self.engine,
         }
     }
 

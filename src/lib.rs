@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod mirror;
+pub mod process;
 
 pub use client::Client;
 pub use config::{Config, SchemeSupport, scheme_support};

@@ -1,0 +1,477 @@
+//! The processor's loop: polls while there is room, hands records to handlers as their
+//! lanes allow, acknowledges what finished, commits, and stops.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use futures::FutureExt;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until};
+use tributary_core::raw::backoff;
+use tributary_core::{Consumer, Error, ErrorKind, PartitionId, Producer, Received, Result, Timestamp};
+
+use super::dead_letter::{Reason, nowhere_to_put};
+use super::retry::{Next, after_failure};
+use super::schedule::Scheduler;
+use super::{Codec, Counters, HandlerError, Message, Settings, Summary};
+
+pub(super) struct DeadLetter {
+    pub producer: Arc<dyn Producer>,
+    pub stream: String,
+}
+
+pub(super) struct Parts<C: Codec, F> {
+    pub consumer: Box<dyn Consumer>,
+    pub engine: &'static str,
+    pub codec: Arc<C>,
+    pub handler: Arc<F>,
+    pub settings: Settings,
+    pub dead_letter: Option<DeadLetter>,
+    pub stopped: watch::Receiver<bool>,
+    pub counters: Arc<Counters>,
+}
+
+/// How a record's work ended.
+enum Outcome {
+    Handled,
+    DeadLettered,
+    /// The processor must stop: nothing of this record is acknowledged.
+    Stop(Error),
+}
+
+/// A record's work, and the assignment it belongs to: a completion from before its
+/// partition was revoked (and perhaps assigned again) is dropped.
+struct Finished {
+    record: Received,
+    epoch: u64,
+    outcome: Outcome,
+}
+
+/// What woke the loop.
+enum Event {
+    Stop,
+    /// The handle that could stop the processor is gone.
+    Unstoppable,
+    Finished(Option<std::result::Result<Finished, tokio::task::JoinError>>),
+    Polled(Result<Vec<Received>>),
+    CommitDue,
+}
+
+pub(super) async fn run<C, F, Fut>(parts: Parts<C, F>) -> Result<Summary>
+where
+    C: Codec,
+    F: Fn(Message<C::Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+{
+    let Parts {
+        mut consumer,
+        engine,
+        codec,
+        handler,
+        settings,
+        dead_letter,
+        mut stopped,
+        counters,
+    } = parts;
+    let dead_letter = dead_letter.map(Arc::new);
+    let mut books = Books {
+        scheduler: Scheduler::new(settings.ordering),
+        epochs: HashMap::new(),
+        next_epoch: 0,
+        summary: Summary::default(),
+        counters,
+    };
+    let mut running: JoinSet<Finished> = JoinSet::new();
+    let mut assignment: BTreeSet<PartitionId> = BTreeSet::new();
+    let mut finished_since_commit = 0u64;
+    let mut commit_at = later(settings.commit_interval);
+    // After a failed commit, the next waits for the interval whatever the count says.
+    let mut commit_not_before = Instant::now();
+    let mut failure: Option<Error> = None;
+    // Dropping the `Running` handle leaves the processor running, unstoppable.
+    let mut listening = true;
+    loop {
+        if failure.is_some() || *stopped.borrow() {
+            break;
+        }
+        // Finished handlers first, so that a steady stream of them never waits behind
+        // polls, nor polls behind them.
+        while let Some(joined) = running.try_join_next() {
+            match books.finish(Some(joined), &mut *consumer) {
+                Ok(true) => finished_since_commit += 1,
+                Ok(false) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+        while running.len() < settings.concurrency {
+            let Some(record) = books.scheduler.next() else {
+                break;
+            };
+            let epoch = books.epoch_of(&record.partition);
+            let work = Work {
+                engine,
+                codec: codec.clone(),
+                handler: handler.clone(),
+                retry: settings.retry,
+                dead_letter: dead_letter.clone(),
+            };
+            running.spawn(async move {
+                let outcome = work.handle(&record).await;
+                Finished {
+                    record,
+                    epoch,
+                    outcome,
+                }
+            });
+        }
+        let buffered = books.scheduler.waiting().0 + running.len();
+        books.counters.buffered.store(buffered as u64, Relaxed);
+        books.counters.max_buffered.fetch_max(buffered as u64, Relaxed);
+        let room = settings
+            .max_buffered_records
+            .saturating_sub(buffered)
+            .min(settings.poll_records);
+        let may_poll = room > 0 && books.scheduler.waiting().1 < settings.max_buffered_bytes;
+        let event = tokio::select! {
+            biased;
+            changed = stopped.changed(), if listening => match changed {
+                Ok(()) => Event::Stop,
+                Err(_) => Event::Unstoppable,
+            },
+            joined = running.join_next(), if !running.is_empty() => Event::Finished(joined),
+            polled = consumer.poll(room, settings.poll_timeout), if may_poll => Event::Polled(polled),
+            () = sleep_until(commit_at) => Event::CommitDue,
+        };
+        match event {
+            Event::Stop => {}
+            Event::Unstoppable => listening = false,
+            Event::Finished(joined) => match books.finish(joined, &mut *consumer) {
+                Ok(true) => finished_since_commit += 1,
+                Ok(false) => {}
+                Err(e) => failure = Some(e),
+            },
+            Event::Polled(Ok(records)) => {
+                for record in records {
+                    books.scheduler.push(record);
+                }
+            }
+            Event::Polled(Err(e)) if e.is_retryable() => {
+                tracing::warn!("the processor's poll failed, polling again: {e}");
+                sleep(settings.poll_timeout).await;
+            }
+            Event::Polled(Err(e)) => failure = Some(e),
+            Event::CommitDue => {}
+        }
+        // Any poll, even one that failed or was cancelled, may have rebalanced.
+        books.follow_assignment(&*consumer, &mut assignment);
+        let now = Instant::now();
+        let due = now >= commit_at
+            || (finished_since_commit >= settings.commit_records && now >= commit_not_before);
+        if due && failure.is_none() {
+            if finished_since_commit > 0 {
+                match consumer.commit().await {
+                    Ok(()) => {
+                        books.counters.commits.fetch_add(1, Relaxed);
+                        finished_since_commit = 0;
+                    }
+                    // Some partition moved: the others were committed, and the moved
+                    // one's records are its new owner's.
+                    Err(e) if e.kind() == ErrorKind::NotAssigned => {
+                        tracing::info!("the processor's commit skipped partitions it no longer owns: {e}");
+                        finished_since_commit = 0;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!("the processor's commit failed, committing again later: {e}");
+                        commit_not_before = later(settings.commit_interval);
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            commit_at = later(settings.commit_interval);
+        }
+    }
+    // Stopping: no more polls or new handlers; those in flight get the deadline.
+    let deadline = later(settings.shutdown_deadline);
+    while !running.is_empty() {
+        let joined = tokio::select! {
+            joined = running.join_next() => joined,
+            () = sleep_until(deadline) => break,
+        };
+        if let Err(e) = books.finish(joined, &mut *consumer) {
+            failure.get_or_insert(e);
+        }
+    }
+    let mut summary = books.summary;
+    summary.abandoned = running.len() as u64;
+    if summary.abandoned > 0 {
+        tracing::warn!(
+            abandoned = summary.abandoned,
+            "handlers still running at the processor's shutdown deadline were abandoned; their records are not acknowledged"
+        );
+    }
+    running.abort_all();
+    books.counters.buffered.store(0, Relaxed);
+    // Closing commits what was acknowledged and leaves the group.
+    let closed = match consumer.close().await {
+        Err(e) if e.kind() == ErrorKind::NotAssigned => {
+            tracing::info!("closing the processor's consumer skipped partitions it no longer owns: {e}");
+            Ok(())
+        }
+        other => other,
+    };
+    if let Some(dead_letter) = &dead_letter
+        && let Err(e) = dead_letter.producer.close().await
+    {
+        tracing::warn!("closing the dead-letter producer: {e}");
+    }
+    match (failure, closed) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => Ok(summary),
+    }
+}
+
+/// What the loop keeps besides the consumer: the records waiting, the epoch of each
+/// partition's assignment, and the counts.
+struct Books {
+    scheduler: Scheduler,
+    /// Bumped whenever a partition goes or comes back: a completion from an earlier
+    /// epoch is dropped.
+    epochs: HashMap<PartitionId, u64>,
+    next_epoch: u64,
+    summary: Summary,
+    counters: Arc<Counters>,
+}
+
+impl Books {
+    fn epoch_of(&self, partition: &PartitionId) -> u64 {
+        self.epochs.get(partition).copied().unwrap_or(0)
+    }
+
+    /// Acknowledges a finished record (unless its partition moved since) and frees its
+    /// lane. Returns whether it counts towards the next commit.
+    fn finish(
+        &mut self,
+        joined: Option<std::result::Result<Finished, tokio::task::JoinError>>,
+        consumer: &mut dyn Consumer,
+    ) -> Result<bool> {
+        let finished = match joined {
+            None => return Ok(false),
+            Some(Ok(finished)) => finished,
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!("a handler's task ended abnormally: {e}"),
+                ));
+            }
+        };
+        let Finished {
+            record,
+            epoch,
+            outcome,
+        } = finished;
+        // Its lane stays busy until now, even if the partition moved, so that records of
+        // its key read again here never run beside it.
+        self.scheduler.done(&record);
+        if epoch != self.epoch_of(&record.partition) {
+            // Revoked while in flight: another member owns it.
+            tracing::debug!(partition = %record.partition, offset = %record.offset, "dropped the completion of a record whose partition moved");
+            return Ok(false);
+        }
+        match outcome {
+            Outcome::Stop(e) => Err(e),
+            Outcome::Handled | Outcome::DeadLettered => {
+                if matches!(outcome, Outcome::Handled) {
+                    self.summary.handled += 1;
+                    self.counters.handled.fetch_add(1, Relaxed);
+                } else {
+                    self.summary.dead_lettered += 1;
+                    self.counters.dead_lettered.fetch_add(1, Relaxed);
+                }
+                match consumer.ack(&record.partition, &record.offset) {
+                    Ok(()) => Ok(true),
+                    // The partition moved, or came back with its acknowledgements reset:
+                    // unacknowledged, the record is read again, as at-least-once allows.
+                    Err(e) if matches!(e.kind(), ErrorKind::NotAssigned | ErrorKind::InvalidInput) => {
+                        tracing::debug!(partition = %record.partition, offset = %record.offset, "not acknowledged: {e}");
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// After a poll, which may have rebalanced: revoked partitions' waiting records are
+    /// dropped (their new owner reads them), and every partition that went or came
+    /// back starts a new epoch, so completions from before are dropped.
+    fn follow_assignment(&mut self, consumer: &dyn Consumer, assignment: &mut BTreeSet<PartitionId>) {
+        let now: BTreeSet<PartitionId> = consumer.assignment().into_iter().collect();
+        if now == *assignment {
+            return;
+        }
+        for lost in assignment.difference(&now) {
+            self.scheduler.forget(lost);
+            self.next_epoch += 1;
+            self.epochs.insert(lost.clone(), self.next_epoch);
+        }
+        for gained in now.difference(assignment) {
+            if self.epochs.contains_key(gained) {
+                self.next_epoch += 1;
+                self.epochs.insert(gained.clone(), self.next_epoch);
+            }
+        }
+        *assignment = now;
+    }
+}
+
+/// What a handler task needs.
+struct Work<C, F> {
+    engine: &'static str,
+    codec: Arc<C>,
+    handler: Arc<F>,
+    retry: super::Retry,
+    dead_letter: Option<Arc<DeadLetter>>,
+}
+
+impl<C, F, Fut> Work<C, F>
+where
+    C: Codec,
+    F: Fn(Message<C::Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+{
+    /// Runs the handler on `record` until it succeeds or is given up.
+    async fn handle(&self, record: &Received) -> Outcome {
+        let mut first_failure: Option<Timestamp> = None;
+        let mut run = 0u32;
+        loop {
+            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| self.codec.decode(&record.value)))
+                .unwrap_or_else(|panic| Err(format!("the codec panicked: {}", panic_text(&panic)).into()));
+            let value = match decoded {
+                Ok(value) => value,
+                Err(e) => {
+                    let why = format!(
+                        "record {}/{}@{} does not decode: {e}",
+                        record.stream, record.partition, record.offset
+                    );
+                    return self
+                        .give_up(
+                            record,
+                            Reason::Decode,
+                            &why,
+                            run,
+                            first_failure.unwrap_or_else(Timestamp::now),
+                        )
+                        .await;
+                }
+            };
+            run += 1;
+            let message = Message {
+                value,
+                key: record.key.clone(),
+                headers: record.headers.clone(),
+                stream: record.stream.clone(),
+                partition: record.partition.clone(),
+                offset: record.offset.clone(),
+                timestamp: record.timestamp,
+                attempt: run,
+            };
+            // The call itself inside the future, so that a panic before the handler's
+            // first await is caught too.
+            let ran = AssertUnwindSafe(async { (self.handler)(message).await })
+                .catch_unwind()
+                .await;
+            let error = match ran {
+                Ok(Ok(())) => return Outcome::Handled,
+                Ok(Err(e)) => e,
+                Err(panic) => {
+                    HandlerError::retryable(format!("the handler panicked: {}", panic_text(&panic)))
+                }
+            };
+            let first = *first_failure.get_or_insert_with(Timestamp::now);
+            match after_failure(&self.retry, run, error.is_retryable()) {
+                Next::Again(pause) => {
+                    tracing::debug!(partition = %record.partition, offset = %record.offset, run, "handler failed, running it again: {error}");
+                    sleep(pause).await;
+                }
+                Next::GiveUp => return self.give_up(record, Reason::Handler, &error, run, first).await,
+            }
+        }
+    }
+
+    /// Puts `record` in the dead-letter stream, or stops the processor without one.
+    async fn give_up(
+        &self,
+        record: &Received,
+        reason: Reason,
+        error: &(dyn std::fmt::Display + Sync),
+        runs: u32,
+        first_failure: Timestamp,
+    ) -> Outcome {
+        let Some(dead_letter) = &self.dead_letter else {
+            return Outcome::Stop(nowhere_to_put(record, error, runs));
+        };
+        let copy = super::dead_letter::dead_letter(self.engine, record, reason, error, runs, first_failure);
+        let mut tries = 0u32;
+        let written = loop {
+            tries += 1;
+            match dead_letter
+                .producer
+                .send(&dead_letter.stream, vec![copy.clone()])
+                .await
+            {
+                Err(e) if e.is_retryable() && tries < self.retry.attempts.max(3) => {
+                    tracing::warn!(
+                        "writing to the dead-letter stream {} failed, trying again: {}",
+                        dead_letter.stream,
+                        e.error
+                    );
+                    sleep(backoff(
+                        self.retry.initial_backoff,
+                        self.retry.max_backoff,
+                        tries - 1,
+                    ))
+                    .await;
+                }
+                other => break other,
+            }
+        };
+        match written {
+            Ok(_) => {
+                tracing::warn!(partition = %record.partition, offset = %record.offset, stream = %dead_letter.stream, "record given up into the dead-letter stream: {error}");
+                Outcome::DeadLettered
+            }
+            Err(e) => Outcome::Stop(Error::new(
+                e.kind(),
+                format!(
+                    "record {}/{}@{} was given up ({error}) but writing it to the dead-letter stream {} failed, so the processor stops without acknowledging it: {}",
+                    record.stream, record.partition, record.offset, dead_letter.stream, e.error
+                ),
+            )),
+        }
+    }
+}
+
+/// `now + after`, or a time too far to matter if that overflows.
+fn later(after: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        return (*text).to_string();
+    }
+    if let Some(text) = panic.downcast_ref::<String>() {
+        return text.clone();
+    }
+    "a panic without a message".to_string()
+}
