@@ -98,8 +98,9 @@ where
         if failure.is_some() || *stopped.borrow() {
             break;
         }
-        // Finished handlers first, so that a steady stream of them never waits behind
-        // polls, nor polls behind them.
+        // Finished handlers first: the select below prefers a ready poll, so a steady
+        // stream of completions never keeps the processor from polling, nor the
+        // reverse.
         while let Some(joined) = running.try_join_next() {
             match books.finish(Some(joined), &mut *consumer) {
                 Ok(true) => finished_since_commit += 1,
@@ -145,8 +146,8 @@ where
                 Ok(()) => Event::Stop,
                 Err(_) => Event::Unstoppable,
             },
-            joined = running.join_next(), if !running.is_empty() => Event::Finished(joined),
             polled = consumer.poll(room, settings.poll_timeout), if may_poll => Event::Polled(polled),
+            joined = running.join_next(), if !running.is_empty() => Event::Finished(joined),
             () = sleep_until(commit_at) => Event::CommitDue,
         };
         match event {
@@ -459,11 +460,10 @@ where
     }
 }
 
-/// `now + after`, or a time too far to matter if that overflows.
+/// `now + after`, at most a year on (further than any timer needs to look, and
+/// within what tokio's timer and `Instant` hold).
 fn later(after: std::time::Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
+    Instant::now() + after.min(std::time::Duration::from_secs(365 * 24 * 3600))
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -474,4 +474,16 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         return text.clone();
     }
     "a panic without a message".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_of_any_length_is_a_time_to_wait_for() {
+        let now = Instant::now();
+        assert!(later(std::time::Duration::MAX) > now + std::time::Duration::from_secs(3600));
+        assert!(later(std::time::Duration::ZERO) >= now);
+    }
 }
