@@ -163,7 +163,8 @@ where
                     books.scheduler.push(record);
                 }
             }
-            Event::Polled(Err(e)) if e.is_retryable() => {
+            // A partition moved under the poll: the next poll follows the new assignment.
+            Event::Polled(Err(e)) if e.is_retryable() || e.kind() == ErrorKind::NotAssigned => {
                 tracing::warn!("the processor's poll failed, polling again: {e}");
                 sleep(settings.poll_timeout).await;
             }
@@ -182,13 +183,10 @@ where
                         books.counters.commits.fetch_add(1, Relaxed);
                         finished_since_commit = 0;
                     }
-                    // Some partition moved: the others were committed, and the moved
-                    // one's records are its new owner's.
-                    Err(e) if e.kind() == ErrorKind::NotAssigned => {
-                        tracing::info!("the processor's commit skipped partitions it no longer owns: {e}");
-                        finished_since_commit = 0;
-                    }
-                    Err(e) if e.is_retryable() => {
+                    // A partition moved meanwhile (some engines committed the others,
+                    // some nothing): not a failure; what is still ours is committed again
+                    // after the interval.
+                    Err(e) if e.kind() == ErrorKind::NotAssigned || e.is_retryable() => {
                         tracing::warn!("the processor's commit failed, committing again later: {e}");
                         commit_not_before = later(settings.commit_interval);
                     }
@@ -428,18 +426,19 @@ where
                 .send(&dead_letter.stream, vec![copy.clone()])
                 .await
             {
-                Err(e) if e.is_retryable() && tries < self.retry.attempts.max(3) => {
+                // A copy that may have been written is written again: a duplicate
+                // dead letter is better than stopping.
+                Err(e)
+                    if (e.is_retryable() || e.kind() == ErrorKind::Indeterminate)
+                        && tries < self.retry.attempts.max(3) =>
+                {
                     tracing::warn!(
                         "writing to the dead-letter stream {} failed, trying again: {}",
                         dead_letter.stream,
                         e.error
                     );
-                    sleep(backoff(
-                        self.retry.initial_backoff,
-                        self.retry.max_backoff,
-                        tries - 1,
-                    ))
-                    .await;
+                    let pause = backoff(self.retry.initial_backoff, self.retry.max_backoff, tries - 1);
+                    sleep(pause.max(std::time::Duration::from_millis(10))).await;
                 }
                 other => break other,
             }
