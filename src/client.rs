@@ -61,14 +61,13 @@ impl Client {
     /// Wraps a backend built by hand (a mock, a layered backend, a custom engine), as
     /// it is: wrap it in [`raw::Named`](crate::raw::Named) for errors that name it.
     pub fn from_backend(backend: Arc<dyn Backend>) -> Self {
-        Self {
-            backend,
-            engine: "custom",
-        }
+        let engine = backend.engine();
+        Self { backend, engine }
     }
 
     /// The engine's name, as URLs spell it (`kafka`, `kinesis`, `native`, `memory`), or
-    /// `custom` for a client made with [`from_backend`](Client::from_backend).
+    /// what [`Backend::engine`] of a backend given to
+    /// [`from_backend`](Client::from_backend) says (`custom` unless it says more).
     pub fn engine(&self) -> &'static str {
         self.engine
     }
@@ -140,6 +139,9 @@ impl Client {
 impl Backend for Client {
     fn capabilities(&self) -> Capabilities {
         self.backend.capabilities()
+    }
+    fn engine(&self) -> &'static str {
+        self.engine
     }
     async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
         self.backend.producer(config).await

@@ -3,7 +3,6 @@
 mod client;
 mod config;
 mod mirror;
-pub mod process;
 
 pub use client::Client;
 pub use config::{Config, SchemeSupport, scheme_support};
@@ -17,6 +16,9 @@ pub use tributary_core::{
 };
 #[cfg(feature = "mock")]
 pub use tributary_core::{MockAdmin, MockBackend, MockConsumer, MockProducer};
+/// The processor: a consumer group's records through async handlers (the
+/// `tributary-process` crate).
+pub use tributary_process as process;
 
 /// What only engine implementers need (see docs/writing-an-engine.md); applications
 /// should not have to name anything here.

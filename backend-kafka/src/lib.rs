@@ -75,6 +75,10 @@ impl KafkaBackend {
 
 #[async_trait]
 impl Backend for KafkaBackend {
+    fn engine(&self) -> &'static str {
+        "kafka"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::durable_log(self.config.max_record_bytes)
     }

@@ -229,6 +229,10 @@ fn build_dynamodb_client(config: &KinesisConfig, sdk: &SdkConfig) -> aws_sdk_dyn
 
 #[async_trait]
 impl Backend for KinesisBackend {
+    fn engine(&self) -> &'static str {
+        "kinesis"
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::none();
         caps.headers = self.shared.config.headers_envelope;

@@ -91,6 +91,10 @@ impl NativeBackend {
 
 #[async_trait]
 impl Backend for NativeBackend {
+    fn engine(&self) -> &'static str {
+        "native"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::durable_log(self.engine.config.max_record_bytes)
     }

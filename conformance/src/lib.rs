@@ -4,6 +4,7 @@ mod harness;
 mod run;
 pub mod scenarios;
 mod support;
+pub mod witness;
 pub mod zombie;
 
 pub use harness::{Expected, Harness, MemoryHarness, Outcome, Timing, memory_expected, server_from_env};
@@ -62,6 +63,15 @@ macro_rules! __for_each_scenario {
             invalid_names_are_rejected,
             broadcast_consumer_cannot_commit,
             reopen_keeps_records_and_commits,
+            processor_keeps_key_order_under_concurrency,
+            processor_dead_letters_a_poison_record_on_another_engine,
+            processor_without_dead_letter_stream_stops_on_a_record_given_up,
+            processor_pauses_polling_at_its_buffer_bound,
+            processor_shutdown_abandons_handlers_past_its_deadline,
+            processor_dead_letters_a_record_that_does_not_decode,
+            processor_refuses_a_broadcast_consumer,
+            processor_retries_a_panicking_handler,
+            processor_members_join_and_leave_with_work_in_flight,
         }
     };
 }

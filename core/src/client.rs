@@ -24,6 +24,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// What this backend supports.
     fn capabilities(&self) -> Capabilities;
 
+    /// The engine's name, as URLs spell it (`kafka`, `kinesis`, `native`, `memory`):
+    /// what tools built on the contract (the processor's dead-letter headers, logs)
+    /// name it by. `custom` unless the backend says otherwise.
+    fn engine(&self) -> &'static str {
+        "custom"
+    }
+
     /// A producer. Share it behind an `Arc`: every method takes `&self`.
     ///
     /// # Errors

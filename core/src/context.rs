@@ -35,6 +35,9 @@ impl Backend for Named {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    fn engine(&self) -> &'static str {
+        self.engine
+    }
     async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
         let inner = self
             .inner

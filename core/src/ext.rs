@@ -117,6 +117,9 @@ macro_rules! forward_backend {
             fn capabilities(&self) -> Capabilities {
                 (**self).capabilities()
             }
+            fn engine(&self) -> &'static str {
+                (**self).engine()
+            }
             async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
                 (**self).producer(config).await
             }

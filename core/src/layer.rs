@@ -53,6 +53,9 @@ impl Backend for Layered {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
     async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
         Ok(self.layer.wrap_producer(self.inner.producer(config).await?))
     }

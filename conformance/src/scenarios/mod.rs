@@ -7,6 +7,7 @@ mod errors;
 mod groups;
 mod ordering;
 mod pipeline;
+mod processor;
 mod reading;
 mod records;
 
@@ -23,6 +24,7 @@ pub use errors::*;
 pub use groups::*;
 pub use ordering::*;
 pub use pipeline::*;
+pub use processor::*;
 pub use reading::*;
 pub use records::*;
 

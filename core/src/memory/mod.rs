@@ -141,6 +141,9 @@ impl Default for MemoryBackend {
 
 #[async_trait]
 impl Backend for MemoryBackend {
+    fn engine(&self) -> &'static str {
+        "memory"
+    }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             consumer_groups: true,

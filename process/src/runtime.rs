@@ -14,10 +14,10 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tributary_core::raw::backoff;
 use tributary_core::{Consumer, Error, ErrorKind, PartitionId, Producer, Received, Result, Timestamp};
 
-use super::dead_letter::{Reason, nowhere_to_put};
-use super::retry::{Next, after_failure};
-use super::schedule::Scheduler;
-use super::{Codec, Counters, HandlerError, Message, Settings, Summary};
+use crate::dead_letter::{Reason, nowhere_to_put};
+use crate::retry::{Next, after_failure};
+use crate::schedule::Scheduler;
+use crate::{Codec, Counters, HandlerError, Message, Settings, Summary};
 
 pub(super) struct DeadLetter {
     pub producer: Arc<dyn Producer>,
@@ -336,7 +336,7 @@ struct Work<C, F> {
     engine: &'static str,
     codec: Arc<C>,
     handler: Arc<F>,
-    retry: super::Retry,
+    retry: crate::Retry,
     dead_letter: Option<Arc<DeadLetter>>,
 }
 
@@ -417,7 +417,7 @@ where
         let Some(dead_letter) = &self.dead_letter else {
             return Outcome::Stop(nowhere_to_put(record, error, runs));
         };
-        let copy = super::dead_letter::dead_letter(self.engine, record, reason, error, runs, first_failure);
+        let copy = crate::dead_letter::dead_letter(self.engine, record, reason, error, runs, first_failure);
         let mut tries = 0u32;
         let written = loop {
             tries += 1;

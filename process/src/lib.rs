@@ -1,48 +1,4 @@
-//! The consuming application in a few lines: a group consumer whose records go to an
-//! async handler, many at once, in the order you choose (per key by default), with
-//! retries, a dead-letter stream and commits handled for you.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> tributary::Result<()> {
-//! use std::time::Duration;
-//! use tributary::process::{Json, Message, Processor};
-//! use tributary::{Client, ConsumerConfig, ProducerExt, Record, StreamSpec};
-//!
-//! #[derive(serde::Serialize, serde::Deserialize)]
-//! struct Order { id: u64 }
-//!
-//! let client = Client::from_url("memory://").await?;
-//! client.ensure_stream(&StreamSpec::new("orders")).await?;
-//! let producer = client.producer().await?;
-//! producer.send_one("orders", Record::new(r#"{"id": 7}"#).with_key("customer-1")).await?;
-//!
-//! let running = Processor::builder(&client, ConsumerConfig::group("orders", "billing"))
-//!     .codec(Json::<Order>::new())
-//!     .concurrency(64)
-//!     .start(|order: Message<Order>| async move {
-//!         println!("order {} of {:?}", order.value.id, order.key);
-//!         Ok(())
-//!     })
-//!     .await?;
-//! # for _ in 0..3_000 {
-//! #     if running.stats().handled == 1 { break }
-//! #     tokio::time::sleep(Duration::from_millis(10)).await;
-//! # }
-//! let summary = running.stop().await?;
-//! # assert_eq!(summary.handled, 1);
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! Guarantees: every record is handled at least once. A record is acknowledged when
-//! its handler succeeds (or once it is in the dead-letter stream), and commits cover
-//! each partition's contiguous acknowledged prefix, so after a crash or a rebalance
-//! the records after the last commit are handled again: at most those in flight or
-//! completed since that commit. [`Ordering::PerKey`] never runs two records of one key
-//! at once and runs them in offset order (records without a key are not ordered);
-//! [`Ordering::PerPartition`] does the same per partition; [`Ordering::Unordered`] runs
-//! any record at any time.
+#![doc = include_str!("../README.md")]
 
 mod codec;
 mod dead_letter;
@@ -59,15 +15,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tributary_core::{
-    BoxError, Bytes, ConsumerConfig, Error, ErrorKind, Headers, Offset, PartitionId, Result, Timestamp,
+    Backend, BoxError, Bytes, ConsumerConfig, Error, ErrorKind, Headers, Offset, PartitionId, ProducerConfig,
+    Result, Timestamp,
 };
 
 pub use codec::{Codec, Json, Raw};
 pub use dead_letter::headers as dead_letter_headers;
 pub use retry::Retry;
 pub use schedule::Ordering;
-
-use crate::Client;
 
 /// A record as a handler sees it: its decoded value and where it came from.
 #[derive(Clone, Debug)]
@@ -204,11 +159,11 @@ impl Counters {
 /// Settings of a processor: build with [`Processor::builder`], start with
 /// [`start`](Processor::start).
 pub struct Processor<C: Codec = Raw> {
-    client: Client,
+    client: Arc<dyn Backend>,
     consumer: ConsumerConfig,
     codec: C,
     settings: Settings,
-    dead_letter: Option<(Client, String)>,
+    dead_letter: Option<(Arc<dyn Backend>, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -257,10 +212,11 @@ impl Processor<Raw> {
     /// raw values, per-key order, 16 handlers at once, at most 10,000 records / 64 MiB
     /// buffered, commits every second or 10,000 records, three runs per record, no
     /// dead-letter stream (a record given up stops the processor) and 30 s to finish
-    /// at shutdown.
-    pub fn builder(client: &Client, consumer: ConsumerConfig) -> Self {
+    /// at shutdown. `client` is any backend: a `tributary::Client`, or an
+    /// `Arc<dyn Backend>`.
+    pub fn builder(client: &(impl Backend + Clone + 'static), consumer: ConsumerConfig) -> Self {
         Self {
-            client: client.clone(),
+            client: Arc::new(client.clone()),
             consumer,
             codec: Raw,
             settings: Settings::default(),
@@ -326,8 +282,12 @@ impl<C: Codec> Processor<C> {
     /// Where records given up go: `stream` on `client` (any engine). A record is
     /// acknowledged only once its dead-letter copy is confirmed; see
     /// [`dead_letter_headers`] for what the copy carries.
-    pub fn dead_letter(mut self, client: &Client, stream: impl Into<String>) -> Self {
-        self.dead_letter = Some((client.clone(), stream.into()));
+    pub fn dead_letter(
+        mut self,
+        client: &(impl Backend + Clone + 'static),
+        stream: impl Into<String>,
+    ) -> Self {
+        self.dead_letter = Some((Arc::new(client.clone()), stream.into()));
         self
     }
 
@@ -362,7 +322,7 @@ impl<C: Codec> Processor<C> {
         }
         let dead_letter = match &self.dead_letter {
             Some((client, stream)) => Some(runtime::DeadLetter {
-                producer: Arc::from(client.producer().await?),
+                producer: Arc::from(client.producer(ProducerConfig::default()).await?),
                 stream: stream.clone(),
             }),
             None => None,
