@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod crash;
 mod harness;
 mod run;
 pub mod scenarios;

@@ -14,10 +14,33 @@ use tributary_core::{Consumer, Layer, Offset, PartitionId, Received, Result, Sta
 pub type Position = (PartitionId, Offset);
 
 /// Watches the consumers of the backend it wraps (with [`Layered`](tributary_core::Layered)).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Witness {
     log: Arc<Mutex<Log>>,
     clock: Arc<AtomicU64>,
+    observer: Option<Arc<Observer>>,
+}
+
+type Observer = dyn Fn(Seen<'_>) + Send + Sync;
+
+impl std::fmt::Debug for Witness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Witness")
+            .field("log", &self.log)
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One event a [`Witness`] saw, as its observer is told it, in the order it happened.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    /// A consumer was delivered this record.
+    Delivered(&'a Position),
+    /// A successful commit (or close) of the consumer covered this record.
+    Committed(&'a Position),
+    /// The record's partition left the consumer with the record acknowledged.
+    Released(&'a Position),
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +70,22 @@ pub struct Report {
 }
 
 impl Witness {
+    /// A witness that also tells `observer` every event as it happens (a process that
+    /// may be killed writes them down). The observer runs with the witness's lock
+    /// held, so it must not call [`report`](Witness::report).
+    pub fn observed(observer: impl Fn(Seen<'_>) + Send + Sync + 'static) -> Self {
+        Self {
+            observer: Some(Arc::new(observer)),
+            ..Self::default()
+        }
+    }
+
+    fn tell(&self, seen: Seen<'_>) {
+        if let Some(observer) = &self.observer {
+            observer(seen);
+        }
+    }
+
     /// What was seen so far.
     pub fn report(&self) -> Report {
         let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
@@ -148,6 +187,11 @@ impl Watched {
                     break;
                 }
                 offsets.pop_first();
+                self.witness.tell(if by_commit {
+                    Seen::Committed(&position)
+                } else {
+                    Seen::Released(&position)
+                });
                 log.settled[self.id].insert(position, (at, by_commit));
             }
         }
@@ -182,7 +226,9 @@ impl Consumer for Watched {
                 .entry(record.partition.clone())
                 .or_default()
                 .insert(record.offset.clone());
-            log.delivered[self.id].push((at, (record.partition.clone(), record.offset.clone())));
+            let position = (record.partition.clone(), record.offset.clone());
+            self.witness.tell(Seen::Delivered(&position));
+            log.delivered[self.id].push((at, position));
         }
         Ok(records)
     }

@@ -5,6 +5,7 @@ mod dead_letter;
 mod retry;
 mod runtime;
 mod schedule;
+mod typed;
 
 use std::fmt;
 use std::future::Future;
@@ -19,10 +20,15 @@ use tributary_core::{
     Result, Timestamp,
 };
 
+#[cfg(feature = "avro")]
+pub use codec::Avro;
+#[cfg(feature = "protobuf")]
+pub use codec::Protobuf;
 pub use codec::{Codec, Json, Raw};
 pub use dead_letter::headers as dead_letter_headers;
 pub use retry::Retry;
 pub use schedule::Ordering;
+pub use typed::TypedProducer;
 
 /// A record as a handler sees it: its decoded value and where it came from.
 #[derive(Clone, Debug)]

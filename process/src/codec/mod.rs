@@ -1,12 +1,22 @@
 //! Typed payloads: how a processor turns record values into `T` and a typed producer
 //! turns `T` into values.
 
+#[cfg(feature = "avro")]
+mod avro;
+#[cfg(feature = "protobuf")]
+mod protobuf;
+
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tributary_core::{BoxError, Bytes};
+
+#[cfg(feature = "avro")]
+pub use avro::Avro;
+#[cfg(feature = "protobuf")]
+pub use protobuf::Protobuf;
 
 /// Encodes values of one type into record values and decodes them back.
 pub trait Codec: Send + Sync + 'static {
