@@ -86,6 +86,15 @@ where
         counters,
     };
     let mut running: JoinSet<Finished> = JoinSet::new();
+    let mut inline = Inline::default();
+    // What every handler task needs, shared: one reference count per record.
+    let work = Arc::new(Work {
+        engine,
+        codec,
+        handler,
+        retry: settings.retry,
+        dead_letter: dead_letter.clone(),
+    });
     let mut assignment: BTreeSet<PartitionId> = BTreeSet::new();
     let mut finished_since_commit = 0u64;
     let mut commit_at = later(settings.commit_interval);
@@ -116,14 +125,8 @@ where
                 break;
             };
             let epoch = books.epoch_of(&record.partition);
-            let work = Work {
-                engine,
-                codec: codec.clone(),
-                handler: handler.clone(),
-                retry: settings.retry,
-                dead_letter: dead_letter.clone(),
-            };
-            running.spawn(async move {
+            let work = work.clone();
+            let mut task = Box::pin(async move {
                 let outcome = work.handle(&record).await;
                 Finished {
                     record,
@@ -131,6 +134,26 @@ where
                     outcome,
                 }
             });
+            if inline.tries() {
+                let started = std::time::Instant::now();
+                let ready = task.as_mut().now_or_never();
+                inline.took(started.elapsed());
+                if let Some(finished) = ready {
+                    match books.finish(Some(Ok(finished)), &mut *consumer) {
+                        Ok(true) => finished_since_commit += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            }
+            running.spawn(task);
+        }
+        if failure.is_some() {
+            break;
         }
         let buffered = books.scheduler.waiting().0 + running.len();
         books.counters.buffered.store(buffered as u64, Relaxed);
@@ -459,6 +482,43 @@ where
     }
 }
 
+/// Whether the loop runs a handler's first step itself, before giving it a task: a
+/// handler that finishes without waiting (no I/O) then costs no task, which is most of
+/// what the processor costs such a handler. A handler that computes for long before it
+/// first waits would hold the loop up meanwhile, so once first steps average more than
+/// [`Inline::LIMIT`], handlers get their own task at once, and only every
+/// [`Inline::PROBE`]th one is tried on the loop again (the average then follows the
+/// handler if it gets quick again).
+#[derive(Debug, Default)]
+struct Inline {
+    /// A moving average of first steps, in nanoseconds.
+    average_nanos: u64,
+    /// Records given a task at once since the last try.
+    skipped: u32,
+}
+
+impl Inline {
+    const LIMIT: std::time::Duration = std::time::Duration::from_micros(20);
+    const PROBE: u32 = 256;
+
+    /// Whether to try the next record's first step on the loop.
+    fn tries(&mut self) -> bool {
+        if self.average_nanos <= Self::LIMIT.as_nanos() as u64 || self.skipped + 1 >= Self::PROBE {
+            self.skipped = 0;
+            true
+        } else {
+            self.skipped += 1;
+            false
+        }
+    }
+
+    /// Folds in how long a first step on the loop took.
+    fn took(&mut self, took: std::time::Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.average_nanos = self.average_nanos - self.average_nanos / 8 + nanos / 8;
+    }
+}
+
 /// `now + after`, at most a year on (further than any timer needs to look, and
 /// within what tokio's timer and `Instant` hold).
 fn later(after: std::time::Duration) -> Instant {
@@ -478,6 +538,34 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quick_first_steps_run_on_the_loop_and_slow_ones_get_tasks_with_a_probe() {
+        let mut inline = Inline::default();
+        for _ in 0..100 {
+            assert!(inline.tries());
+            inline.took(std::time::Duration::from_micros(1));
+        }
+        // A handler that starts computing for a millisecond before it waits.
+        for _ in 0..20 {
+            if inline.tries() {
+                inline.took(std::time::Duration::from_millis(1));
+            }
+        }
+        assert!(inline.average_nanos > Inline::LIMIT.as_nanos() as u64);
+        let tried = (0..Inline::PROBE * 4).filter(|_| inline.tries()).count();
+        assert_eq!(tried, 4, "one probe in every {}", Inline::PROBE);
+        // Quick again: the probes bring the average down and the loop takes over.
+        let mut rounds = 0;
+        while inline.average_nanos > Inline::LIMIT.as_nanos() as u64 {
+            if inline.tries() {
+                inline.took(std::time::Duration::ZERO);
+            }
+            rounds += 1;
+            assert!(rounds < 64 * Inline::PROBE as usize, "never came back");
+        }
+        assert!(inline.tries());
+    }
 
     #[test]
     fn a_deadline_of_any_length_is_a_time_to_wait_for() {

@@ -4,6 +4,7 @@
 //! record in flight waits behind it, so a lane's records are handled one at a time in
 //! offset order; different lanes run in parallel.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 use tributary_core::{Bytes, PartitionId, Received};
@@ -84,18 +85,13 @@ impl Scheduler {
         self.waiting_records += 1;
         self.waiting_bytes += size_of(&record);
         // A lane that is busy, or has a record ready, holds this one back behind it.
-        match self
-            .ordering
-            .lane_of(&record)
-            .and_then(|lane| self.busy.get_mut(&lane))
-        {
-            Some(busy) => busy.behind.push_back(record),
-            None => {
-                if let Some(lane) = self.ordering.lane_of(&record) {
-                    self.busy.insert(lane, Busy::default());
-                }
+        match self.ordering.lane_of(&record).map(|lane| self.busy.entry(lane)) {
+            Some(Entry::Occupied(mut busy)) => busy.get_mut().behind.push_back(record),
+            Some(Entry::Vacant(lane)) => {
+                lane.insert(Busy::default());
                 self.ready.push_back(record);
             }
+            None => self.ready.push_back(record),
         }
     }
 
@@ -103,10 +99,8 @@ impl Scheduler {
     /// [`done`](Self::done).
     pub(crate) fn next(&mut self) -> Option<Received> {
         let record = self.ready.pop_front()?;
-        if let Some(busy) = self
-            .ordering
-            .lane_of(&record)
-            .and_then(|lane| self.busy.get_mut(&lane))
+        if let Some(lane) = self.ordering.lane_of(&record)
+            && let Some(busy) = self.busy.get_mut(&lane)
         {
             busy.in_flight = true;
         }
