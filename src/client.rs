@@ -16,7 +16,6 @@ use crate::config::Config;
 #[derive(Clone, Debug)]
 pub struct Client {
     backend: Arc<dyn Backend>,
-    engine: &'static str,
 }
 
 impl Client {
@@ -37,7 +36,6 @@ impl Client {
             .map_err(|e| e.in_operation(engine, "connect"))?;
         Ok(Self {
             backend: Arc::new(Named::new(engine, backend)),
-            engine,
         })
     }
 
@@ -61,22 +59,20 @@ impl Client {
     /// Wraps a backend built by hand (a mock, a layered backend, a custom engine), as
     /// it is: wrap it in [`raw::Named`](crate::raw::Named) for errors that name it.
     pub fn from_backend(backend: Arc<dyn Backend>) -> Self {
-        let engine = backend.engine();
-        Self { backend, engine }
+        Self { backend }
     }
 
     /// The engine's name, as URLs spell it (`kafka`, `kinesis`, `native`, `memory`), or
     /// what [`Backend::engine`] of a backend given to
     /// [`from_backend`](Client::from_backend) says (`custom` unless it says more).
     pub fn engine(&self) -> &'static str {
-        self.engine
+        self.backend.engine()
     }
 
     /// This client with every producer, consumer and admin handle wrapped by `layer`.
     pub fn with_layer(self, layer: impl Layer) -> Self {
         Self {
             backend: Arc::new(Layered::new(self.backend, layer)),
-            engine: self.engine,
         }
     }
 
@@ -141,7 +137,7 @@ impl Backend for Client {
         self.backend.capabilities()
     }
     fn engine(&self) -> &'static str {
-        self.engine
+        self.backend.engine()
     }
     async fn producer(&self, config: ProducerConfig) -> Result<Box<dyn Producer>> {
         self.backend.producer(config).await
@@ -151,5 +147,20 @@ impl Backend for Client {
     }
     async fn admin(&self) -> Result<Box<dyn Admin>> {
         self.backend.admin().await
+    }
+}
+
+#[cfg(all(test, feature = "mock"))]
+mod tests {
+    use super::*;
+
+    /// Wrapping a mock asks it nothing; its engine is asked only when wanted.
+    #[test]
+    fn a_mock_backend_is_wrapped_without_expectations() {
+        let client = Client::from_backend(Arc::new(crate::MockBackend::new()));
+        drop(client.clone());
+        let mut mock = crate::MockBackend::new();
+        mock.expect_engine().return_const("memory");
+        assert_eq!(Client::from_backend(Arc::new(mock)).engine(), "memory");
     }
 }

@@ -6,9 +6,9 @@
 //!
 //! Checked, per record: none is lost (each was handled in some run); none that a
 //! commit covered is handled again in a later run, so the records handled twice are
-//! exactly some of those a killed run had in flight or finished after its last
-//! commit; each record is always at the same place; and after the clean stop a new
-//! member of the group reads nothing before a record sent afterwards.
+//! only records no commit of a killed run covered; each record is always at the same
+//! place; and after the clean stop a new member of the group reads nothing before a
+//! record sent afterwards.
 //!
 //! The child is the calling test binary run again with [`CHILD`] set: call
 //! [`processor_killed_and_restarted_loses_nothing`] from a test of that name.

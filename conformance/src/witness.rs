@@ -217,8 +217,10 @@ impl Watched {
 #[async_trait]
 impl Consumer for Watched {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Received>> {
-        let records = self.inner.poll(max, timeout).await?;
+        let polled = self.inner.poll(max, timeout).await;
+        // A poll that failed may have rebalanced too.
         self.follow_assignment();
+        let records = polled?;
         let at = self.witness.tick();
         let mut log = self.witness.log.lock().unwrap_or_else(PoisonError::into_inner);
         for record in &records {
@@ -241,7 +243,10 @@ impl Consumer for Watched {
 
     async fn commit(&mut self) -> Result<()> {
         self.inner.commit().await?;
-        let assigned = self.assignment.clone();
+        // Only what was and still is assigned: a partition lost meanwhile (a Kinesis
+        // lease that lapsed) is not claimed as committed here.
+        let now: BTreeSet<PartitionId> = self.inner.assignment().into_iter().collect();
+        let assigned = self.assignment.intersection(&now).cloned().collect();
         self.settle(&assigned, true);
         Ok(())
     }

@@ -26,7 +26,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// The engine's name, as URLs spell it (`kafka`, `kinesis`, `native`, `memory`):
     /// what tools built on the contract (the processor's dead-letter headers, logs)
-    /// name it by. `custom` unless the backend says otherwise.
+    /// name it by. `custom` unless the backend says otherwise. A `MockBackend` (feature
+    /// `mock`) answers only as told: `expect_engine().return_const("memory")`, when a
+    /// processor or `Client::engine` asks.
     fn engine(&self) -> &'static str {
         "custom"
     }

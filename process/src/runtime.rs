@@ -59,6 +59,8 @@ enum Event {
     Finished(Option<std::result::Result<Finished, tokio::task::JoinError>>),
     Polled(Result<Vec<Received>>),
     CommitDue,
+    /// The loop ran a poll's worth of records itself and let other tasks run.
+    Yielded,
 }
 
 pub(super) async fn run<C, F, Fut>(parts: Parts<C, F>) -> Result<Summary>
@@ -120,7 +122,16 @@ where
         if failure.is_some() {
             break;
         }
+        // Work finished on the loop frees its lane at once, so one pass could run every
+        // buffered record; after a poll's worth the loop lets others run and looks at
+        // stops, polls and commits again.
+        let mut inline_this_pass = 0;
+        let mut capped = false;
         while running.len() < settings.concurrency {
+            if inline_this_pass >= settings.poll_records {
+                capped = true;
+                break;
+            }
             let Some(record) = books.scheduler.next() else {
                 break;
             };
@@ -136,9 +147,23 @@ where
             });
             if inline.tries() {
                 let started = std::time::Instant::now();
-                let ready = task.as_mut().now_or_never();
+                // The handler's own panics are caught inside; this catches the rest of
+                // the record's work (an error's `Display`, a `Drop`), which a task's
+                // join would report.
+                let ready = std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().now_or_never()));
                 inline.took(started.elapsed());
+                let ready = match ready {
+                    Ok(ready) => ready,
+                    Err(panic) => {
+                        failure = Some(Error::new(
+                            ErrorKind::Backend,
+                            format!("a record's work panicked: {}", panic_text(&panic)),
+                        ));
+                        break;
+                    }
+                };
                 if let Some(finished) = ready {
+                    inline_this_pass += 1;
                     match books.finish(Some(Ok(finished)), &mut *consumer) {
                         Ok(true) => finished_since_commit += 1,
                         Ok(false) => {}
@@ -163,7 +188,11 @@ where
             .saturating_sub(buffered)
             .min(settings.poll_records);
         let may_poll = room > 0 && books.scheduler.waiting().1 < settings.max_buffered_bytes;
-        let event = tokio::select! {
+        let event = if capped {
+            tokio::task::yield_now().await;
+            Event::Yielded
+        } else {
+            tokio::select! {
             biased;
             changed = stopped.changed(), if listening => match changed {
                 Ok(()) => Event::Stop,
@@ -172,9 +201,10 @@ where
             polled = consumer.poll(room, settings.poll_timeout), if may_poll => Event::Polled(polled),
             joined = running.join_next(), if !running.is_empty() => Event::Finished(joined),
             () = sleep_until(commit_at) => Event::CommitDue,
+            }
         };
         match event {
-            Event::Stop => {}
+            Event::Stop | Event::Yielded => {}
             Event::Unstoppable => listening = false,
             Event::Finished(joined) => match books.finish(joined, &mut *consumer) {
                 Ok(true) => finished_since_commit += 1,

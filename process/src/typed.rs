@@ -10,7 +10,7 @@ use tributary_core::{
 
 use crate::Codec;
 
-/// A [`Producer`] whose values are `C::Value`s, encoded with the codec `C` (the same
+/// A producer (over any [`Producer`]) whose values are `C::Value`s, encoded with the codec `C` (the same
 /// codecs the processor decodes with). A value the codec cannot encode is refused
 /// with `InvalidInput` naming the stream, before anything is handed to the engine.
 pub struct TypedProducer<C: Codec> {

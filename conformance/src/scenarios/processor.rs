@@ -577,9 +577,11 @@ pub async fn processor_members_join_and_leave_with_work_in_flight(ctx: Ctx) -> R
     .await;
     let before_leaving = first.stats().handled;
     stop(&ctx, second).await?;
-    eventually("the first member took everything back", patience(&ctx), || {
-        first.stats().handled >= before_leaving + 200
-    })
+    eventually(
+        "the first member went on after the second left",
+        patience(&ctx),
+        || first.stats().handled >= before_leaving + 200,
+    )
     .await;
     keep_sending.store(false, AtomicOrdering::Relaxed);
     let sent = sender.await.expect("the sending task ran")?;

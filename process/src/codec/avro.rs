@@ -22,7 +22,8 @@ use super::Codec;
 ///
 /// Decoding allocates what a datum's lengths claim, up to apache-avro's allocation
 /// limit (`apache_avro::util::max_allocation_bytes`, 512 MiB unless the application
-/// sets another), one record at a time.
+/// sets another), one record at a time. With a recursive schema, decoding recurses
+/// as deep as a value nests: keep such schemas to values from producers you trust.
 pub struct Avro<T> {
     schema: Schema,
     header: Vec<u8>,
