@@ -316,6 +316,53 @@ mod tests {
         Ok(())
     }
 
+    /// A partition released with a record acknowledged settles it (the engine commits
+    /// it on release), so a later delivery of it is reported as after a release.
+    #[tokio::test]
+    async fn a_delivery_after_a_release_is_reported() -> Result<()> {
+        let witness = Witness::default();
+        let backend = Layered::new(Arc::new(MemoryBackend::default()), witness.clone());
+        let spec = StreamSpec::new("s").with_partitions(2);
+        backend.admin().await?.create_stream(&spec).await?;
+        // Both records in partition 1, which a second member of the group takes over.
+        let in_one = |value: &str| {
+            let mut record = Record::new(value.to_string());
+            record.partition = Some(PartitionId::from_index(1));
+            record
+        };
+        let producer = backend.producer(ProducerConfig::default()).await?;
+        producer.send("s", vec![in_one("a"), in_one("b")]).await?;
+        let mut first = backend.consumer(ConsumerConfig::group("s", "one")).await?;
+        let got = first.poll(10, Duration::from_secs(1)).await?;
+        assert_eq!(got.len(), 2);
+        first.ack(&got[0].partition, &got[0].offset)?;
+        let mut second = backend.consumer(ConsumerConfig::group("s", "one")).await?;
+        let (released, taken) = tokio::join!(
+            first.poll(10, Duration::from_millis(500)),
+            second.poll(10, Duration::from_secs(2))
+        );
+        assert!(released?.is_empty());
+        assert_eq!(
+            first.assignment(),
+            [PartitionId::from_index(0)],
+            "partition 1 released"
+        );
+        assert_eq!(
+            taken?.len(),
+            1,
+            "the second member starts after the released prefix"
+        );
+        assert!(witness.report().delivered_after_release.is_empty());
+        // Another group reads both again; to the witness that is a redelivery.
+        let mut other = backend.consumer(ConsumerConfig::group("s", "other")).await?;
+        assert_eq!(other.poll(10, Duration::from_secs(1)).await?.len(), 2);
+        let report = witness.report();
+        let released = vec![(got[0].partition.clone(), got[0].offset.clone())];
+        assert_eq!(report.delivered_after_release, released);
+        assert!(report.delivered_after_commit.is_empty());
+        Ok(())
+    }
+
     /// A commit covers the acknowledged records up to the first one not acknowledged,
     /// not those after it.
     #[tokio::test]
