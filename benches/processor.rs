@@ -139,7 +139,7 @@ async fn main() -> tributary::Result<()> {
     let slow = count("TRIBUTARY_BENCH_SLOW_RECORDS", 1_000);
     let noop = count("TRIBUTARY_BENCH_NOOP_RECORDS", 1_000_000);
     let client = Client::from_url(&url).await?;
-    let run = format!("{}-{}", std::process::id(), fastrand_suffix());
+    let run = format!("{}-{}", std::process::id(), clock_suffix());
     let waits = format!("bench-processor-wait-{run}");
     let free = format!("bench-processor-noop-{run}");
     stream_of(&client, &waits, records.max(slow)).await?;
@@ -179,7 +179,7 @@ async fn main() -> tributary::Result<()> {
     Ok(())
 }
 
-fn fastrand_suffix() -> u32 {
+fn clock_suffix() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
